@@ -1,0 +1,1 @@
+"""Fitting: the shared training loop and one module per method (sampler, loss, defaults)."""

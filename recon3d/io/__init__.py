@@ -1,0 +1,1 @@
+"""Reading and writing: point clouds, meshes, checkpoints. No torch model code here."""

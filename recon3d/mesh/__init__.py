@@ -1,0 +1,1 @@
+"""Meshes from fields: grid / coarse-to-fine evaluation, marching cubes, closing, export."""

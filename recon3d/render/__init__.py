@@ -1,0 +1,1 @@
+"""Rendering: cameras to rays, samplers, compositing."""
