@@ -1,0 +1,287 @@
+"""The recon3d command line: parse, validate, call the library, print.
+
+stdout carries results only (written paths, or one JSON object with --json); progress, logs and
+warnings go to stderr. Bad input ends with one ``error: …`` line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from recon3d import __version__
+from recon3d.console import error_line, info, set_quiet
+from recon3d.errors import Recon3dError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Raw 3D observations to clean, watertight meshes with neural implicit fields.",
+)
+
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 130
+
+DeviceOpt = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda[:N].")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object with the results on stdout.")
+VerboseOpt = typer.Option(False, "--verbose", help="Show tracebacks for errors.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr.")
+
+
+def _command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one ``error:`` line and an exit code; no tracebacks by default."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        set_quiet(bool(kwargs.get("quiet")))
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Recon3dError as exc:
+            _fail(str(exc), EXIT_ERROR, verbose)
+        except KeyboardInterrupt:
+            _fail("interrupted", EXIT_INTERRUPTED, verbose)
+        except FloatingPointError as exc:
+            _fail(f"{exc}; try a lower --lr or another --seed", EXIT_ERROR, verbose)
+        except MemoryError:
+            _fail("out of memory; try a smaller --batch, --resolution or --chunk", EXIT_ERROR, verbose)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: still one line
+            if type(exc).__name__ == "OutOfMemoryError":
+                _fail("GPU out of memory; try a smaller --batch, --resolution or --chunk", EXIT_ERROR, verbose)
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)",
+                  EXIT_INTERNAL, verbose)
+
+    return wrapper
+
+
+def _fail(message: str, code: int, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+    error_line(message)
+    raise typer.Exit(code)
+
+
+def _emit(summary: dict[str, Any], as_json: bool, plain: str | None) -> None:
+    """Results on stdout: the JSON summary, or the plain result line (usually a path)."""
+    if as_json:
+        sys.stdout.write(json.dumps(summary, default=_json_default) + "\n")
+    elif plain is not None:
+        sys.stdout.write(plain + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"recon3d {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """recon3d: fit neural implicit fields to scans, meshes and images; export watertight meshes."""
+
+
+@app.command("fit-sdf")
+@_command
+def fit_sdf_command(
+    scan: Path = typer.Argument(..., help="Point cloud: PLY, PCD, XYZ/PTS/TXT, OBJ/OFF vertices, NPZ."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write [default: SCAN's name + .pt]."),
+    preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (IGR 8×512), siren, fourier."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget [default: the preset's for the device]."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Scan points per step [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: the preset's]."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Override the encoding: hashgrid, frequency, fourier, none."),
+    normals: str = typer.Option("auto", "--normals", help="auto (the file's, else estimated), estimate, ignore."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU."),
+    device: str = DeviceOpt,
+    seed: int = typer.Option(0, "--seed", help="Random seed (sampling and initialisation)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fit a signed distance field to a point cloud (IGR losses; hash grid, MLP, SIREN or Fourier field)."""
+    from recon3d.device import resolve_device
+    from recon3d.fit.sdf import SDFOptions, fit_sdf
+    from recon3d.io.checkpoint import load_checkpoint
+    from recon3d.io.pointcloud import read_point_cloud
+
+    out = output or Path(scan.stem + ".pt")
+    torch_device = resolve_device(device)
+    options = SDFOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
+                         seed=seed, normals=normals, amp=amp, encoding=encoding)
+    previous = _resumable(out, load_checkpoint, "sdf") if resume else None
+    cloud = read_point_cloud(scan)
+    if previous is not None and previous["train"]["points"] != len(cloud):
+        raise Recon3dError(f"{out}: was fitted to {previous['train']['points']} points, {scan} has {len(cloud)}; "
+                           "resume needs the same scan")
+    summary = fit_sdf(cloud, options, out, torch_device, source=str(scan), resume=previous,
+                      show_progress=not quiet)
+    _finish_fit(summary, out, as_json, f"recon3d fit-sdf {scan} -o {out} --resume")
+
+
+def _resumable(path: Path, load: Callable[..., dict], kind: str) -> dict:
+    if not path.exists():
+        raise Recon3dError(f"{path}: nothing to resume (no such checkpoint)")
+    checkpoint = load(path, kinds=(kind,))
+    if "resume" not in checkpoint:
+        raise Recon3dError(f"{path}: is a finished fit ({checkpoint['train']['steps']} steps); nothing to resume")
+    return checkpoint
+
+
+def _finish_fit(summary: dict[str, Any], out: Path, as_json: bool, resume_command: str) -> None:
+    if summary["stopped_by"] == "interrupt":
+        info(f"interrupted at step {summary['steps']}; resumable checkpoint written to {out}")
+        info(f"continue with: {resume_command}")
+        _emit(summary, as_json, str(out))
+        raise typer.Exit(EXIT_INTERRUPTED)
+    info(f"fitted in {summary['seconds']:.1f} s ({summary['steps']} steps, stopped by {summary['stopped_by']}); "
+         f"wrote {out}")
+    _emit(summary, as_json, str(out))
+
+
+@app.command("extract-mesh")
+@_command
+def extract_mesh_command(
+    model: Path = typer.Argument(..., help="A recon3d checkpoint (.pt)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Mesh file (.obj .ply .stl .off .glb), or - for stdout."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="Cells along the longest side [default: 512 on GPU, 256 on CPU]."),
+    level: Optional[float] = typer.Option(None, "--level", help="Iso-level [default: the checkpoint's own]."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="obj, ply, stl, off or glb (needed with -o -)."),
+    method: str = typer.Option("sparse", "--method", help="sparse (coarse-to-fine, default) or dense."),
+    largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
+    normals: str = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
+    chunk: int = typer.Option(2**18, "--chunk", help="Points per field evaluation."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Marching cubes at the checkpoint's level: a closed mesh in the input's units."""
+    from recon3d.device import resolve_device
+    from recon3d.io.checkpoint import load_checkpoint
+    from recon3d.io.mesh import MESH_EXTENSIONS, write_mesh
+    from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
+
+    to_stdout = str(output) == "-"
+    if to_stdout and fmt is None:
+        raise Recon3dError("-o - writes to stdout and needs --format (obj, ply, stl, off or glb)")
+    if not to_stdout and fmt is None and output.suffix.lower() not in MESH_EXTENSIONS:
+        raise Recon3dError(f"{output}: unknown mesh extension '{output.suffix}' (supported: {', '.join(MESH_EXTENSIONS)})")
+    if resolution is not None and not 8 <= resolution <= 4096:
+        raise Recon3dError("--resolution must be between 8 and 4096")
+    if method not in ("sparse", "dense"):
+        raise Recon3dError(f"--method {method}: choose sparse or dense")
+    if normals not in ("field", "mesh", "none"):
+        raise Recon3dError(f"--normals {normals}: choose field, mesh or none")
+    checkpoint = load_checkpoint(model)
+    torch_device = resolve_device(device)
+    start = time.perf_counter()
+    options = MeshOptions(resolution=resolution, level=level, method=method,
+                          largest_component=largest_component, normals=normals, chunk=chunk)
+    mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
+    if mesh.n_faces == 0:
+        raise Recon3dError(f"{model}: the field has no surface at level {stats['level']} inside its bounds")
+    write_mesh("-" if to_stdout else output, mesh, fmt)
+    stats["seconds"]["total_with_write"] = time.perf_counter() - start
+    info(f"{stats['faces']:,} faces, {stats['vertices']:,} vertices at {'x'.join(map(str, stats['resolution']))} "
+         f"in {stats['seconds']['total_with_write']:.2f} s" + ("" if to_stdout else f"; wrote {output}"))
+    if not to_stdout:
+        _emit({"mesh": str(output), **stats}, as_json, str(output))
+
+
+@app.command("eval")
+@_command
+def eval_command(
+    pred: Path = typer.Argument(..., help="Predicted mesh (or point cloud)."),
+    ref: Path = typer.Argument(..., help="Reference mesh or point cloud."),
+    samples: int = typer.Option(200_000, "--samples", help="Surface samples per mesh."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Chamfer-L1/L2, F-score, normal consistency, Hausdorff, watertightness, volume IoU."""
+    from recon3d.io.shape import read_shape
+    from recon3d.metrics import evaluate
+
+    if samples < 1000:
+        raise Recon3dError("--samples must be at least 1000")
+    result = evaluate(read_shape(pred), read_shape(ref), n_samples=samples, seed=seed)
+    if as_json:
+        _emit({"pred": str(pred), "ref": str(ref), **result}, True, None)
+        return
+    width = max(len(k) for k in result)
+    lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in result.items()]
+    _emit({}, False, "\n".join(lines))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+@app.command("info")
+@_command
+def info_command(
+    model: Path = typer.Argument(..., help="A recon3d checkpoint (.pt)."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """What a checkpoint holds: kind, level, field, units, training record."""
+    from recon3d.io.checkpoint import describe_checkpoint, load_checkpoint
+
+    described = describe_checkpoint(load_checkpoint(model))
+    if as_json:
+        _emit({"checkpoint": str(model), **described}, True, None)
+        return
+    width = max(len(k) for k in described)
+    _emit({}, False, "\n".join(f"{k:<{width}}  {_fmt(v)}" for k, v in described.items()))
+
+
+@app.command("demo")
+@_command
+def demo_command(
+    output: Path = typer.Option(Path("recon3d-demo"), "-o", "--output", help="Folder for the demo's files."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget [default: the preset's for the device]."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="Extraction resolution."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """End to end on a generated scan: scan → fit-sdf → extract-mesh → eval against the exact shape."""
+    from recon3d.demo import run_demo
+    from recon3d.device import resolve_device
+
+    summary = run_demo(output, resolve_device(device), steps=steps, resolution=resolution,
+                       show_progress=not quiet)
+    _emit(summary, as_json, str(summary["mesh"]))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

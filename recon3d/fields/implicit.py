@@ -1,0 +1,51 @@
+"""Scalar implicit fields f: R³ → R (signed distance, occupancy logit) as encoding + MLP.
+
+A field is rebuilt from its plain-dict ``config`` (stored in the checkpoint as ``field``), so a
+checkpoint never needs a pickled class. Each field carries the ``level`` of its surface and which
+side is ``inside`` ("below": f < level, as for SDFs; "above": f > level, as for occupancy).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from recon3d.fields.encodings import build_encoding
+from recon3d.fields.mlp import MLP
+
+
+class ImplicitField(nn.Module):
+    """f(x) = MLP([x, encoding(x)]) for x in the normalised cube [-1, 1]^3."""
+
+    def __init__(self, encoding: dict, mlp: dict, level: float = 0.0, inside: str = "below") -> None:
+        super().__init__()
+        self.config = {"encoding": copy.deepcopy(encoding), "mlp": copy.deepcopy(mlp),
+                       "level": float(level), "inside": inside}
+        self.level = float(level)
+        self.inside = inside
+        self.encoding = build_encoding(encoding)
+        enc_type = encoding.get("type", "none")
+        # Encodings that do not already include the raw coordinates get them prepended, so the
+        # first three MLP inputs are always xyz (geometric init relies on it).
+        self.prepend_input = enc_type == "hashgrid"
+        in_dim = self.encoding.out_dim + (3 if self.prepend_input else 0)
+        self.mlp = MLP(in_dim=in_dim, out_dim=1, **mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) → (N,) field values."""
+        features = self.encoding(x)
+        if self.prepend_input:
+            features = torch.cat([x, features.to(x.dtype)], dim=-1)
+        return self.mlp(features).squeeze(-1)
+
+
+def gradient(field: nn.Module, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return f(x) and ∇ₓf(x) by autograd (create_graph=True so losses on ∇f can be trained)."""
+    with torch.enable_grad():
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        values = field(x)
+        (grad,) = torch.autograd.grad(values.sum(), x, create_graph=create_graph)
+    return values, grad

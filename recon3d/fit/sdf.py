@@ -1,0 +1,305 @@
+"""fit-sdf: a signed distance field from a raw point cloud (IGR, Gropp et al. 2020).
+
+Loss on a batch of B scan points p (with normals n when known) and samples q around them:
+
+    L = w_s · mean |f(p)|                                  surface: the points lie on f = 0
+      + w_n · mean (1 − cos(∇f(p), n))                     normals from the file, or estimated ones
+                                                           (PCA + MST orientation) for the first half
+        then w_n · mean (1 − |cos(∇f(p), n)|)              estimated normals: tangent plane only
+      + w_e · mean (‖∇f(q)‖ − 1)²                          eikonal: f is a distance
+      + w_o · mean exp(−α |f(u)|)                          optional: no stray surface far away (SIREN)
+
+q mixes points near the surface (p + σ_p · N(0, I), σ_p the local point spacing, as IGR) and
+points uniform in the domain. Presets pick the field and the budget: ``fast`` (multiresolution
+hash grid + small MLP, the default), ``paper`` (IGR's 8×512 softplus MLP with a skip and geometric
+init), ``siren`` (sine MLP with SIREN init), ``fourier`` (Fourier features + softplus MLP).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recon3d import __version__
+from recon3d.console import info, warn
+from recon3d.errors import InputError, Recon3dError
+from recon3d.fields import build_field
+from recon3d.fields.implicit import gradient
+from recon3d.fit.loop import Trainer, TrainSettings, TrainState
+from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
+from recon3d.fit.normals import neighbourhood, orient_normals
+from recon3d.io.checkpoint import VERSION, save_checkpoint
+from recon3d.types import PointCloud
+
+MIN_POINTS = 16
+
+_HASHGRID_GPU = {"type": "hashgrid", "n_levels": 16, "n_features": 2, "log2_table_size": 19,
+                 "base_resolution": 16, "max_resolution": 2048}
+_HASHGRID_CPU = {"type": "hashgrid", "n_levels": 12, "n_features": 2, "log2_table_size": 17,
+                 "base_resolution": 16, "max_resolution": 1024}
+_SMALL_MLP = {"hidden": 64, "n_layers": 2, "activation": "softplus", "softplus_beta": 100.0,
+              "init": "geometric", "init_radius": 0.5}
+
+#: Each preset: field config, loss weights and per-device budgets (steps, batch of scan points, lr).
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {
+        "field": {"cuda": {"encoding": _HASHGRID_GPU, "mlp": _SMALL_MLP},
+                  "cpu": {"encoding": _HASHGRID_CPU, "mlp": _SMALL_MLP}},
+        "loss": {"surface": 1.0, "normal": 1.0, "eikonal": 0.1, "offsurface": 0.0},
+        "budget": {"cuda": {"steps": 2000, "batch": 32768, "lr": 1e-2},
+                   "cpu": {"steps": 1500, "batch": 4096, "lr": 1e-2}},
+        "anneal": 0.0,
+    },
+    "paper": {
+        "field": {"any": {"encoding": {"type": "none"},
+                          "mlp": {"hidden": 512, "n_layers": 8, "activation": "softplus", "softplus_beta": 100.0,
+                                  "skip_layers": [4], "init": "geometric", "init_radius": 0.5}}},
+        "loss": {"surface": 1.0, "normal": 1.0, "eikonal": 0.1, "offsurface": 0.0},
+        "budget": {"cuda": {"steps": 10000, "batch": 16384, "lr": 5e-3},
+                   "cpu": {"steps": 2000, "batch": 2048, "lr": 5e-3}},
+        "anneal": 0.0,
+    },
+    "siren": {
+        "field": {"any": {"encoding": {"type": "none"},
+                          "mlp": {"hidden": 256, "n_layers": 3, "activation": "sine", "init": "siren",
+                                  "w0": 30.0, "first_w0": 30.0}}},
+        "loss": {"surface": 3000.0, "normal": 100.0, "eikonal": 50.0, "offsurface": 100.0},
+        "budget": {"cuda": {"steps": 5000, "batch": 16384, "lr": 1e-4},
+                   "cpu": {"steps": 1500, "batch": 2048, "lr": 1e-4}},
+        "anneal": 0.0,
+    },
+    "fourier": {
+        "field": {"any": {"encoding": {"type": "fourier", "n_features": 128, "sigma": 3.0},
+                          "mlp": {"hidden": 256, "n_layers": 4, "activation": "softplus", "softplus_beta": 100.0,
+                                  "init": "geometric", "init_radius": 0.5}}},
+        "loss": {"surface": 1.0, "normal": 1.0, "eikonal": 0.1, "offsurface": 0.0},
+        "budget": {"cuda": {"steps": 4000, "batch": 16384, "lr": 1e-3},
+                   "cpu": {"steps": 1500, "batch": 2048, "lr": 1e-3}},
+        "anneal": 0.0,
+    },
+}
+NORMAL_MODES = ("auto", "estimate", "ignore")
+NORMAL_ORIGINS = {"file": "from the file", "estimated": "estimated (PCA, MST-oriented)", "none": "none"}
+#: With estimated normals, their signs are trusted for this fraction of the steps, then only the
+#: tangent plane is (1 − |cos|), so local orientation mistakes cannot pin wrong geometry.
+ORIENTED_FRACTION = 0.5
+
+
+@dataclass
+class SDFOptions:
+    """What the user asked for; None means the preset's default for the device."""
+
+    preset: str = "fast"
+    steps: int | None = None
+    max_seconds: float | None = None
+    batch: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    normals: str = "auto"
+    amp: bool = False
+    encoding: str | None = None  # override the preset's encoding type
+
+
+@dataclass
+class ScanData:
+    """The scan in field coordinates, as tensors on the training device."""
+
+    points: torch.Tensor
+    normals: torch.Tensor | None
+    origin: str  # "file" | "estimated" | "none"
+    sigma: torch.Tensor
+    to_world: dict
+    bounds: np.ndarray
+
+
+def _pick(table: dict, device: torch.device) -> Any:
+    return copy.deepcopy(table.get("any", table.get(device.type, table.get("cpu"))))
+
+
+def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
+    """The concrete field config, loss weights and settings for this device."""
+    if options.preset not in PRESETS:
+        raise Recon3dError(f"--preset {options.preset}: unknown preset (choose {', '.join(PRESETS)})")
+    if options.normals not in NORMAL_MODES:
+        raise Recon3dError(f"--normals {options.normals}: choose {', '.join(NORMAL_MODES)}")
+    preset = PRESETS[options.preset]
+    field = _pick(preset["field"], device)
+    if options.encoding is not None:
+        field["encoding"] = _encoding_override(options.encoding, device)
+    budget = _pick(preset["budget"], device)
+    steps = options.steps if options.steps is not None else budget["steps"]
+    if steps < 1:
+        raise Recon3dError("--steps must be at least 1")
+    if options.max_seconds is not None and options.max_seconds <= 0:
+        raise Recon3dError("--max-seconds must be positive")
+    settings = TrainSettings(
+        steps=int(steps), max_seconds=options.max_seconds,
+        lr=options.lr if options.lr is not None else budget["lr"],
+        seed=options.seed, amp=options.amp, warmup_steps=min(50, max(int(steps) // 10, 1)),
+    )
+    batch = int(options.batch if options.batch is not None else budget["batch"])
+    if batch < 1:
+        raise Recon3dError("--batch must be at least 1")
+    return {"field": field, "loss": dict(preset["loss"]), "settings": settings, "batch": batch,
+            "anneal": preset["anneal"]}
+
+
+def _encoding_override(name: str, device: torch.device) -> dict:
+    options = {
+        "hashgrid": _HASHGRID_GPU if device.type == "cuda" else _HASHGRID_CPU,
+        "frequency": {"type": "frequency", "n_frequencies": 6},
+        "fourier": {"type": "fourier", "n_features": 128, "sigma": 3.0},
+        "none": {"type": "none"},
+    }
+    if name not in options:
+        raise Recon3dError(f"--encoding {name}: choose {', '.join(options)}")
+    return copy.deepcopy(options[name])
+
+
+def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, source: str) -> ScanData:
+    """Normalise the scan, estimate what it lacks, and move it to the device."""
+    if len(cloud) < MIN_POINTS:
+        raise InputError(f"{source}: only {len(cloud)} points; at least {MIN_POINTS} are needed to fit a surface")
+    to_world = fit_normalization(cloud.points, source)
+    points = to_field(cloud.points, to_world).astype(np.float32)
+    if float(np.ptp(points, axis=0).min()) < 1e-6:
+        warn(f"{source}: the points are flat (zero extent along one axis); the surface will be a thin shell")
+    t0 = time.perf_counter()
+    pca_normals, spacing, neighbours = neighbourhood(points)
+    normals, origin = None, "none"
+    if normals_mode != "ignore":
+        if cloud.normals is not None and normals_mode == "auto":
+            normals, origin = cloud.normals.astype(np.float32), "file"
+        else:
+            normals, origin = orient_normals(points, pca_normals, neighbours), "estimated"
+    info(f"{source}: {len(points):,} points, normals: {NORMAL_ORIGINS[origin]} ({time.perf_counter() - t0:.1f} s)")
+    sigma = np.clip(spacing, 1e-4, 0.05)
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return ScanData(
+        points=as_tensor(points), normals=None if normals is None else as_tensor(normals),
+        origin=origin, sigma=as_tensor(sigma), to_world=to_world, bounds=data_bounds(points),
+    )
+
+
+def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,
+              total_steps: int):
+    """The per-step loss closure for the training loop."""
+    n = scan.points.shape[0]
+    trust_signs_until = total_steps if scan.origin == "file" else int(ORIENTED_FRACTION * total_steps)
+    n_uniform = max(batch // 4, 1)
+    device = scan.points.device
+
+    def step(step_index: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, n, (batch,), device=device, generator=gen)
+        surface = scan.points[idx]
+        near = surface + scan.sigma[idx, None] * torch.randn(surface.shape, device=device, generator=gen)
+        uniform = torch.rand((n_uniform, 3), device=device, generator=gen) * 2.0 - 1.0
+        x = torch.cat([surface, near, uniform])
+        values, grad = gradient(field, x)
+        values, grad = values.float(), grad.float()
+        terms = {"surface": values[:batch].abs().mean()}
+        terms["eikonal"] = ((grad[batch:].norm(dim=-1) - 1.0) ** 2).mean()
+        loss = weights["surface"] * terms["surface"] + weights["eikonal"] * terms["eikonal"]
+        if scan.normals is not None and weights["normal"] > 0:
+            cos = torch.nn.functional.cosine_similarity(grad[:batch], scan.normals[idx], dim=-1, eps=1e-8)
+            terms["normal"] = (1.0 - (cos if step_index < trust_signs_until else cos.abs())).mean()
+            loss = loss + weights["normal"] * terms["normal"]
+        if weights["offsurface"] > 0:
+            terms["offsurface"] = torch.exp(-100.0 * values[2 * batch:].abs()).mean()
+            loss = loss + weights["offsurface"] * terms["offsurface"]
+        terms["loss"] = loss
+        return terms
+
+    return step
+
+
+def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: torch.device,
+            source: str = "input", resume: dict | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Fit an SDF to ``cloud`` and write the checkpoint to ``output``; return a summary.
+
+    ``resume`` is a previously interrupted checkpoint of the same scan: its field, settings,
+    optimiser and generator state are restored, so the result matches an uninterrupted run.
+    """
+    if resume is not None:
+        config = resume["train"]["config"]
+        config["settings"] = TrainSettings(**{**config["settings"], **_budget_overrides(options)})
+        config["settings"].betas = tuple(config["settings"].betas)
+    else:
+        config = resolve_preset(options, device)
+    torch.manual_seed(config["settings"].seed)
+    scan = prepare_scan(cloud, config.get("normals", options.normals), device, source)
+    field = build_field("sdf", {**config["field"], "level": 0.0, "inside": "below"}).to(device)
+    if resume is not None:
+        field.load_state_dict(resume["state_dict"])
+    step = make_step(field, scan, config["loss"], config["batch"], config["settings"].steps)
+    trainer = Trainer(field, step, config["settings"], device, label="fit-sdf", show_progress=show_progress)
+    if resume is not None:
+        trainer.load_resume_state(resume["resume"])
+    state = trainer.run()
+    checkpoint = build_checkpoint(field, config, state, scan, device, options.normals)
+    if state.interrupted:
+        checkpoint["resume"] = trainer.resume_state()
+    save_checkpoint(output, checkpoint)
+    return summarize(checkpoint, output)
+
+
+def _budget_overrides(options: SDFOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if options.steps is not None:
+        out["steps"] = options.steps
+    if options.max_seconds is not None:
+        out["max_seconds"] = options.max_seconds
+    return out
+
+
+def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, scan: ScanData,
+                     device: torch.device, normals_mode: str) -> dict[str, Any]:
+    """Assemble the plain-data checkpoint (see recon3d.io.checkpoint)."""
+    settings = config["settings"]
+    return {
+        "format": "recon3d",
+        "version": VERSION,
+        "kind": "sdf",
+        "level": 0.0,
+        "inside": "below",
+        "field": field.config,
+        "state_dict": {k: v.detach().cpu() for k, v in field.state_dict().items()},
+        "to_world": scan.to_world,
+        "bounds": scan.bounds.tolist(),
+        "train": {
+            "method": "fit-sdf",
+            "config": {
+                "field": {"encoding": field.config["encoding"], "mlp": field.config["mlp"]},
+                "loss": config["loss"], "batch": config["batch"], "anneal": config.get("anneal", 0.0),
+                "normals": config.get("normals", normals_mode),
+                "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
+            },
+            "steps": state.step,
+            "seconds": state.seconds,
+            "stopped_by": state.stopped_by,
+            "complete": not state.interrupted,
+            "history_terms": state.terms,
+            "history": state.history,
+            "points": int(scan.points.shape[0]),
+            "normals": scan.origin,
+            "device": str(device),
+            "versions": {"recon3d": __version__, "torch": str(torch.__version__)},
+        },
+    }
+
+
+def summarize(checkpoint: dict, output: str | Path) -> dict[str, Any]:
+    """The --json summary of a fit."""
+    train = checkpoint["train"]
+    return {
+        "checkpoint": str(output), "kind": checkpoint["kind"], "steps": train["steps"],
+        "seconds": round(train["seconds"], 3), "stopped_by": train["stopped_by"],
+        "complete": train["complete"], "loss": train["history"][-1][1] if train["history"] else None,
+        "points": train["points"], "normals": train["normals"], "device": train["device"],
+    }

@@ -1,0 +1,111 @@
+"""The checkpoint contract: one file, plain tensors and values, loadable with weights_only=True.
+
+Keys: ``format`` ("recon3d"), ``version``, ``kind`` (sdf | occupancy | nerf), ``level``, ``field``
+(constructor arguments), ``state_dict``, ``to_world`` ({"scale": s, "translation": [tx, ty, tz]}:
+x_world = s · x_field + t), ``bounds`` (2×3 box in field coordinates holding the data), ``train``
+(settings, steps done, loss history, seconds, device, versions) and, while training is unfinished,
+``resume`` (optimiser and RNG state). A stranger's file cannot run code: torch's weights-only
+unpickler refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recon3d.errors import InputError
+from recon3d.io.atomic import atomic_open
+
+FORMAT = "recon3d"
+VERSION = 1
+KINDS = ("sdf", "occupancy", "nerf")
+REQUIRED_KEYS = ("format", "version", "kind", "level", "field", "state_dict", "to_world", "bounds", "train")
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Validate and write ``checkpoint`` atomically (temporary sibling, fsync, rename)."""
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint lacks {', '.join(missing)}")
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with atomic_open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
+
+
+def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
+    """Load and check a checkpoint; refuse pickled code, other formats, newer versions, wrong kinds."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a checkpoint")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it asks for {found.group(1)}" if found else "it holds objects other than plain data"
+        raise InputError(f"{path}: refused to load: {what}; a recon3d checkpoint holds only tensors "
+                         "and plain values (nothing was executed)") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable checkpoint (truncated or not a torch file)") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{path}: not a recon3d checkpoint")
+    version = data.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise InputError(f"{path}: checkpoint format version {version} is newer than this recon3d "
+                         f"understands ({VERSION}); upgrade recon3d")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise InputError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if data["kind"] not in kinds:
+        raise InputError(f"{path}: holds a {data['kind']} field; this command needs {' or '.join(kinds)}")
+    return data
+
+
+def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A flat, human-readable summary of what a checkpoint holds (for ``recon3d info``)."""
+    train = checkpoint["train"]
+    field = checkpoint["field"]
+    n_params = sum(int(t.numel()) for t in checkpoint["state_dict"].values() if hasattr(t, "numel"))
+    scale = float(checkpoint["to_world"]["scale"])
+    translation = [float(t) for t in checkpoint["to_world"]["translation"]]
+    bounds = [[float(v) * scale + translation[i] for i, v in enumerate(row)] for row in checkpoint["bounds"]]
+    history = train.get("history") or []
+    return {
+        "kind": checkpoint["kind"],
+        "format_version": checkpoint["version"],
+        "level": float(checkpoint["level"]),
+        "inside": checkpoint.get("inside", field.get("inside")),
+        "encoding": field.get("encoding", {}).get("type"),
+        "mlp": _mlp_summary(field.get("mlp", {})),
+        "parameters": n_params,
+        "to_world_scale": scale,
+        "to_world_translation": translation,
+        "bounds_world": bounds,
+        "steps": train.get("steps"),
+        "seconds": train.get("seconds"),
+        "complete": train.get("complete", True),
+        "resumable": "resume" in checkpoint,
+        "final_loss": history[-1][1] if history else None,
+        "points": train.get("points"),
+        "normals": train.get("normals"),
+        "device": train.get("device"),
+        "versions": train.get("versions"),
+    }
+
+
+def _mlp_summary(mlp: dict[str, Any]) -> str:
+    if not mlp:
+        return "-"
+    return (f"{mlp.get('n_layers')}x{mlp.get('hidden')} {mlp.get('activation')}, init {mlp.get('init', 'default')}"
+            + (f", skip {list(mlp['skip_layers'])}" if mlp.get("skip_layers") else ""))
