@@ -27,7 +27,7 @@ from recon3d.types import PointCloud
 
 MAJOR_MM, MINOR_MM = 40.0, 14.0
 OFFSET_MM = np.array([100.0, 50.0, 20.0])
-DEMO_STEPS = {"cpu": 800, "cuda": 2000}
+DEMO_STEPS = {"cpu": 600, "cuda": 1000}
 
 
 def make_demo_scan(n: int = 60_000, seed: int = 0) -> tuple[PointCloud, PointCloud]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from recon3d import __version__
 from recon3d.console import info, warn
@@ -51,8 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
         "field": {"cuda": {"encoding": _HASHGRID_GPU, "mlp": _SMALL_MLP},
                   "cpu": {"encoding": _HASHGRID_CPU, "mlp": _SMALL_MLP}},
-        "loss": {"surface": 1.0, "normal": 1.0, "eikonal": 0.1, "offsurface": 0.0},
-        "budget": {"cuda": {"steps": 2000, "batch": 32768, "lr": 1e-2},
+        "loss": {"surface": 1.0, "normal": 1.0, "eikonal": 0.1, "far": 1.0, "offsurface": 0.0},
+        "budget": {"cuda": {"steps": 1000, "batch": 32768, "lr": 1e-2},
                    "cpu": {"steps": 1500, "batch": 4096, "lr": 1e-2}},
         "anneal": 0.0,
     },
@@ -89,6 +90,10 @@ NORMAL_ORIGINS = {"file": "from the file", "estimated": "estimated (PCA, MST-ori
 #: With estimated normals, their signs are trusted for this fraction of the steps, then only the
 #: tangent plane is (1 − |cos|), so local orientation mistakes cannot pin wrong geometry.
 ORIENTED_FRACTION = 0.5
+#: Lattice size of the unsigned-distance prior, and the slack (field units) it allows, so holes in
+#: a scan up to about twice this size can still be closed by the field.
+DISTANCE_GRID = 64
+FAR_SLACK = 0.05
 
 
 @dataclass
@@ -114,6 +119,7 @@ class ScanData:
     normals: torch.Tensor | None
     origin: str  # "file" | "estimated" | "none"
     sigma: torch.Tensor
+    distance_grid: torch.Tensor  # (1,1,G,G,G) unsigned distance to the scan over [-1,1]^3, [z,y,x]
     to_world: dict
     bounds: np.ndarray
 
@@ -180,11 +186,27 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
             normals, origin = orient_normals(points, pca_normals, neighbours), "estimated"
     info(f"{source}: {len(points):,} points, normals: {NORMAL_ORIGINS[origin]} ({time.perf_counter() - t0:.1f} s)")
     sigma = np.clip(spacing, 1e-4, 0.05)
+    grid = distance_grid(points)
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     return ScanData(
         points=as_tensor(points), normals=None if normals is None else as_tensor(normals),
-        origin=origin, sigma=as_tensor(sigma), to_world=to_world, bounds=data_bounds(points),
+        origin=origin, sigma=as_tensor(sigma), distance_grid=as_tensor(grid)[None, None], to_world=to_world, bounds=data_bounds(points),
     )
+
+
+def distance_grid(points: np.ndarray, size: int = DISTANCE_GRID) -> np.ndarray:
+    """Unsigned distance from a size³ lattice over [-1, 1]^3 to the nearest scan point, [z, y, x]."""
+    axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    lattice = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+    dist, _ = cKDTree(points).query(lattice, k=1, workers=-1)
+    return dist.astype(np.float32).reshape(size, size, size)
+
+
+def sample_distance(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Trilinear lookup of the distance lattice at points x (N,3) in [-1,1]^3."""
+    coords = x.detach().float().view(1, -1, 1, 1, 3)
+    return torch.nn.functional.grid_sample(grid, coords, mode="bilinear", align_corners=True).view(-1)
 
 
 def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,
@@ -210,6 +232,13 @@ def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float],
             cos = torch.nn.functional.cosine_similarity(grad[:batch], scan.normals[idx], dim=-1, eps=1e-8)
             terms["normal"] = (1.0 - (cos if step_index < trust_signs_until else cos.abs())).mean()
             loss = loss + weights["normal"] * terms["normal"]
+        if weights.get("far", 0.0) > 0:
+            # Far from the scan the field must not come back to zero: |f(u)| ≥ d(u) − slack, where
+            # d is the distance to the nearest scan point. The slack lets holes in the scan close.
+            far = values[2 * batch:]
+            gap = sample_distance(scan.distance_grid, x[2 * batch:]) - FAR_SLACK - far.abs()
+            terms["far"] = torch.relu(gap).mean()
+            loss = loss + weights["far"] * terms["far"]
         if weights["offsurface"] > 0:
             terms["offsurface"] = torch.exp(-100.0 * values[2 * batch:].abs()).mean()
             loss = loss + weights["offsurface"] * terms["offsurface"]

@@ -1,0 +1,106 @@
+"""In-process sweep of fit-sdf settings: fit, extract, evaluate, one table.
+
+Used to choose defaults (one process, so CUDA start-up and imports are paid once).
+
+    python benchmarks/sdf_sweep.py --data data --out results.json \
+        --case gargoyle --case gargoyle:nonormals --case spot:200k \
+        --config fast:steps=2000 --config fast:steps=1000,batch=65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon3d.device import resolve_device, synchronize
+from recon3d.fit.sdf import SDFOptions, fit_sdf
+from recon3d.io.checkpoint import load_checkpoint
+from recon3d.io.mesh import read_mesh
+from recon3d.io.pointcloud import read_point_cloud
+from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
+from recon3d.metrics import evaluate, sample_surface
+from recon3d.types import PointCloud
+
+
+def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
+    """'gargoyle[:nonormals]' (scan; reference = its points) or 'spot:200k[:noise]' (mesh samples)."""
+    parts = spec.split(":")
+    name = parts[0]
+    scan = data / "scans" / f"{name}.ply"
+    if scan.exists():
+        cloud = read_point_cloud(scan)
+        reference = PointCloud(cloud.points.copy(), cloud.normals)
+        if "nonormals" in parts:
+            cloud = PointCloud(cloud.points, None)
+        return spec, cloud, reference
+    mesh = read_mesh(data / "meshes" / f"{name}.obj")
+    n = int(float(parts[1].rstrip("k")) * 1000) if len(parts) > 1 else 200_000
+    points, _ = sample_surface(mesh, n, seed=0)
+    if "noise" in parts:
+        diag = float(np.linalg.norm(mesh.vertices.max(0) - mesh.vertices.min(0)))
+        points = points + np.random.default_rng(1).normal(scale=0.0025 * diag, size=points.shape)
+    return spec, PointCloud(points, None), mesh
+
+
+def parse_config(spec: str) -> tuple[str, dict]:
+    preset, _, rest = spec.partition(":")
+    kwargs: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key] = value if key in ("encoding", "normals") else float(value) if "." in value or "e" in value else int(value)
+    return preset, kwargs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--case", action="append", required=True)
+    parser.add_argument("--config", action="append", required=True)
+    parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sdf_sweep"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in args.case:
+        name, cloud, reference = load_case(case, args.data)
+        for config in args.config:
+            preset, kwargs = parse_config(config)
+            mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution",) if k in kwargs}
+            options = SDFOptions(preset=preset, **kwargs)
+            ckpt = args.work / "model.pt"
+            t0 = time.perf_counter()
+            fit = fit_sdf(cloud, options, ckpt, device, source=name, show_progress=False)
+            synchronize(device)
+            t1 = time.perf_counter()
+            mesh, stats = mesh_from_checkpoint(load_checkpoint(ckpt), MeshOptions(
+                resolution=mesh_kwargs.get("resolution", args.resolution)), device)
+            synchronize(device)
+            t2 = time.perf_counter()
+            metrics = evaluate(mesh, reference)
+            row = {"case": name, "config": config, "points": len(cloud), "fit_s": t1 - t0, "train_s": fit["seconds"],
+                   "steps": fit["steps"], "extract_s": t2 - t1, "extract": stats, "loss": fit["loss"], **metrics}
+            rows.append(row)
+            print(f"{name:28s} {config:40s} fit {t1 - t0:6.1f}s ext {t2 - t1:5.2f}s CD {metrics['chamfer_l1'] * 100:.4f}% "
+                  f"F0.5 {metrics['fscore@0.5%']:.3f} F1 {metrics['fscore@1%']:.3f} NC {metrics['normal_consistency'] or 0:.3f} "
+                  f"WT {metrics['watertight']}", file=sys.stderr, flush=True)
+            if args.out:
+                args.out.write_text(json.dumps(rows, indent=1, default=str))
+    print("\n| case | config | points | fit s | extract s | CD-L1 % | F@0.5% | F@1% | NC | watertight |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['config']} | {r['points']} | {r['fit_s']:.1f} | {r['extract_s']:.2f} | "
+              f"{r['chamfer_l1'] * 100:.4f} | {r['fscore@0.5%']:.3f} | {r['fscore@1%']:.3f} | "
+              f"{(r['normal_consistency'] or 0):.3f} | {r['watertight']} |")
+
+
+if __name__ == "__main__":
+    main()

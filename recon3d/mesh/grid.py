@@ -1,0 +1,354 @@
+"""Sampling a field on a padded lattice: everywhere (dense) or coarse-to-fine near the surface (sparse).
+
+Everything here works on *canonical* values ``u = ±(f - level)``: ``u > 0`` outside, ``u <= 0`` inside,
+so padding, culling and face orientation do not depend on whether the field is an SDF or a density.
+
+Index space: per axis the padded vertex index ``p`` runs over ``0 .. n + 2`` where ``n`` is the number of
+sampled cells; ``p = 1 .. n + 1`` are sampled (field coordinates ``origin + (p - 1) * cell``) and every other
+index is padding with the OUTSIDE value :data:`PAD_VALUE`. The padding closes a surface that leaves the box
+with a cap at most one cell outside it, so extracted meshes are always closed.
+
+The sparse sampler refines only cells that can hold the surface and hands back blocks of ``BLOCK³`` cells
+whose vertex values are all exact, so marching cubes on them reproduces the dense result. Known limitation
+(as in MISE): without ``lipschitz``, a surface piece smaller than a coarse cell whose coarse corners show no
+sign change, and that is not within one cell of a detected piece or connected to one, is missed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+from typing import Callable
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from recon3d.errors import Recon3dError
+
+FieldFn = Callable[[torch.Tensor], torch.Tensor]
+ProgressFn = Callable[[str, float], None]
+
+PAD_VALUE = 1.0  # canonical value of padding vertices: outside
+COARSE_CELLS = 32  # the coarsest sparse level has 32..63 cells on the longest axis
+BLOCK = 8  # cells per block edge: small blocks mean fewer extra queries; 8 keeps per-call overhead minor
+LIPSCHITZ_SLACK = 1.01  # float tolerance on the Lipschitz culling bound
+NUDGE = 1e-6  # relative nudge of values exactly at the level, toward outside (no zero-area faces)
+
+_CORNERS = list(product((0, 1), repeat=3))
+_SUB_VERTICES = list(product((0, 1, 2), repeat=3))  # a cell's 27 vertices one level finer
+_CHILD_CORNERS = [[(c[0] + d[0]) * 9 + (c[1] + d[1]) * 3 + (c[2] + d[2]) for d in _CORNERS] for c in _CORNERS]
+_NEIGHBOURS = list(product((-1, 0, 1), repeat=3))
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Cubic cells of size ``cell`` covering the box; ``origin`` is sampled vertex 0 (padded index 1)."""
+
+    origin: np.ndarray
+    cell: float
+    cells: tuple[int, int, int]
+
+    @classmethod
+    def from_bounds(cls, bounds: np.ndarray, resolution: int) -> Lattice:
+        """``resolution`` cells on the longest axis, the same cell size elsewhere, centred on the box."""
+        box = np.asarray(bounds, dtype=np.float64)
+        if box.shape != (2, 3) or not np.isfinite(box).all() or not (box[1] > box[0]).all():
+            raise Recon3dError(f"bounds must be finite (2, 3) [min, max] with max > min, got {box.tolist()}")
+        if int(resolution) < 1:
+            raise Recon3dError(f"resolution must be at least 1, got {resolution}")
+        extent = box[1] - box[0]
+        cell = float(extent.max()) / int(resolution)
+        cells = tuple(max(1, math.ceil(e / cell - 1e-9)) for e in extent)
+        origin = (box[0] + box[1]) / 2 - np.asarray(cells, dtype=np.float64) * cell / 2
+        return cls(origin, cell, cells)  # type: ignore[arg-type]
+
+    def is_pad(self, idx: torch.Tensor) -> torch.Tensor:
+        """(N, 3) padded indices -> (N,) True where the vertex is padding, not sampled."""
+        upper = torch.tensor([n + 1 for n in self.cells], device=idx.device)
+        return ((idx < 1) | (idx > upper)).any(dim=-1)
+
+    def points(self, idx: torch.Tensor) -> torch.Tensor:
+        """(N, 3) padded indices -> float32 field coordinates (one formula, so dense and sparse agree)."""
+        origin = torch.as_tensor(self.origin, dtype=torch.float32, device=idx.device)
+        return origin + (idx - 1).to(torch.float32) * self.cell
+
+    def to_field(self, idx: np.ndarray) -> np.ndarray:
+        """Fractional padded indices (V, 3) -> float64 field coordinates."""
+        return self.origin + (idx - 1.0) * self.cell
+
+
+def canonical(values: torch.Tensor, level: float, sign: float) -> torch.Tensor:
+    """``sign * (f - level)``, NaN -> outside, exact zeros nudged outside so no MC vertex sits on a corner."""
+    u = torch.nan_to_num((values.reshape(-1).to(torch.float32) - level) * sign, nan=PAD_VALUE)
+    return u.masked_fill(u == 0, NUDGE * max(1.0, abs(level)))
+
+
+@dataclass
+class Sampler:
+    """Evaluates the field at lattice vertices in canonical form, in chunks, counting queries."""
+
+    field_fn: FieldFn
+    lattice: Lattice
+    level: float
+    sign: float
+    chunk: int
+    device: torch.device
+    queries: int = 0
+
+    def evaluate(self, points: torch.Tensor) -> torch.Tensor:
+        """Canonical values at (N, 3) float32 field points."""
+        out = torch.empty(points.shape[0], dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            for start in range(0, points.shape[0], self.chunk):
+                stop = min(start + self.chunk, points.shape[0])
+                out[start:stop] = canonical(self.field_fn(points[start:stop]), self.level, self.sign)
+        self.queries += int(points.shape[0])
+        return out
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        """Canonical values at (N, 3) padded indices; padding gets PAD_VALUE without a query."""
+        u = torch.full((idx.shape[0],), PAD_VALUE, dtype=torch.float32, device=self.device)
+        real = ~self.lattice.is_pad(idx)
+        u[real] = self.evaluate(self.lattice.points(idx[real]))
+        return u
+
+
+@dataclass
+class Blocks:
+    """Blocks of ``size³`` cells whose ``(size+1)³`` vertex values are exact (or padding)."""
+
+    origins: np.ndarray  # (K, 3) int64 padded index of each block's first vertex
+    values: np.ndarray  # (K, size+1, size+1, size+1) float32 canonical values
+
+
+def sample_dense(sampler: Sampler, progress: ProgressFn | None = None, block: int = BLOCK) -> Blocks:
+    """Every sampled vertex, evaluated chunk by chunk, cut into the blocks the surface passes through.
+
+    The blocks are the ones :func:`sample_sparse` would produce, so both feed identical values to the
+    same marching cubes and differ only in which vertices had to be evaluated.
+    """
+    shape = [n + 1 for n in sampler.lattice.cells]
+    total = shape[0] * shape[1] * shape[2]
+    flat = torch.empty(total, dtype=torch.float32, device=sampler.device)
+    for start in range(0, total, sampler.chunk):
+        stop = min(start + sampler.chunk, total)
+        lin = torch.arange(start, stop, device=sampler.device)
+        idx = torch.stack((lin // (shape[1] * shape[2]), (lin // shape[2]) % shape[1], lin % shape[2]), 1)
+        flat[start:stop] = sampler.evaluate(sampler.lattice.points(idx + 1))
+        _report(progress, "evaluate", stop / total)
+    volume = np.full([c + 1 for c in _padded_cells(sampler.lattice, block)], PAD_VALUE, dtype=np.float32)
+    slabs = max(1, sampler.chunk // (shape[1] * shape[2]))  # copy in slabs: no second full-size host copy
+    for x in range(0, shape[0], slabs):
+        part = flat.view(shape)[x : x + slabs].cpu().numpy()
+        volume[1 + x : 1 + x + len(part), 1 : shape[1] + 1, 1 : shape[2] + 1] = part
+    return _mixed_blocks(volume, block)
+
+
+def _padded_cells(lattice: Lattice, quantum: int) -> list[int]:
+    """Cells per axis of the padded lattice, rounded up to a multiple of ``quantum``."""
+    return [math.ceil((n + 2) / quantum) * quantum for n in lattice.cells]
+
+
+def _mixed_blocks(volume: np.ndarray, block: int) -> Blocks:
+    """The blocks of a full volume with vertices on both sides (no other block holds surface)."""
+    any_outside = all_outside = volume > 0
+    for axis in range(3):
+        any_outside = _reduce_windows(any_outside, axis, block, np.logical_or)
+        all_outside = _reduce_windows(all_outside, axis, block, np.logical_and)
+    mixed = any_outside & ~all_outside
+    values = sliding_window_view(volume, (block + 1,) * 3)[::block, ::block, ::block][mixed]
+    return Blocks(np.argwhere(mixed) * block, np.ascontiguousarray(values))
+
+
+def _reduce_windows(a: np.ndarray, axis: int, block: int, op: np.ufunc) -> np.ndarray:
+    """Reduce windows of ``block + 1`` samples with stride ``block`` along ``axis`` (reshape views, fast)."""
+    n = (a.shape[axis] - 1) // block
+    lead = (slice(None),) * axis
+    core = a[lead + (slice(0, n * block),)].reshape(a.shape[:axis] + (n, block) + a.shape[axis + 1 :])
+    return op(op.reduce(core, axis=axis + 1), a[lead + (slice(block, None, block),)])
+
+
+def sample_sparse(
+    sampler: Sampler,
+    lipschitz: float | None = None,
+    progress: ProgressFn | None = None,
+    block: int = BLOCK,
+) -> Blocks:
+    """Coarse-to-fine: refine cells that can hold the surface, then evaluate whole blocks around them.
+
+    Without ``lipschitz`` a cell is kept when its corners straddle the level, and the kept set is dilated
+    by one cell per level so surface pieces that only show up at a finer level are still found. With
+    ``lipschitz`` a cell is kept when no corner is farther from the level than the bound allows anywhere
+    in the cell, which is exact, so no dilation is needed. At the finest level whole blocks are evaluated;
+    blocks whose faces the surface crosses pull in their neighbours until the set is closed, so the
+    extracted mesh is always watertight.
+    """
+    lattice = sampler.lattice
+    levels = _levels(max(lattice.cells))
+    cells = _padded_cells(lattice, max(2**levels, block))
+    codec = _Codec([c + 1 for c in cells])
+    stride = 2**levels
+    surface, store = _coarsest(sampler, codec, stride, _threshold(lattice, lipschitz, stride))
+    for level in range(1, levels):
+        _report(progress, "evaluate", level / levels)
+        parents = surface if lipschitz is not None else _dilate(surface, [c // stride for c in cells])
+        stride //= 2
+        surface, store = _refine(sampler, codec, store, parents, stride, _threshold(lattice, lipschitz, stride))
+    seeds = _unique_cells((surface * stride) // block, [c // block for c in cells])
+    result = _close_blocks(sampler, codec, store, seeds, block)
+    _report(progress, "evaluate", 1.0)
+    return result
+
+
+def _levels(longest: int) -> int:
+    """Refinement levels so that the coarsest grid has COARSE_CELLS .. 2*COARSE_CELLS-1 cells."""
+    return max(0, (longest // COARSE_CELLS).bit_length() - 1)
+
+
+def _report(progress: ProgressFn | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, fraction)
+
+
+def _threshold(lattice: Lattice, lipschitz: float | None, stride: int) -> float | None:
+    """Largest |u| a corner may have if its cell (``stride`` fine cells wide) holds the surface."""
+    if lipschitz is None:
+        return None
+    return float(lipschitz) * stride * lattice.cell * math.sqrt(3.0) * LIPSCHITZ_SLACK
+
+
+def _table(rows: list, device: torch.device) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+class _Codec:
+    """Integer index (N, 3) in a grid of ``dims`` <-> int64 key, ordered like C-order flattening."""
+
+    def __init__(self, dims: list[int]) -> None:
+        self.dims = dims
+
+    def encode(self, idx: torch.Tensor) -> torch.Tensor:
+        return (idx[..., 0] * self.dims[1] + idx[..., 1]) * self.dims[2] + idx[..., 2]
+
+    def decode(self, key: torch.Tensor) -> torch.Tensor:
+        yz = self.dims[1] * self.dims[2]
+        return torch.stack((key // yz, (key // self.dims[2]) % self.dims[1], key % self.dims[2]), 1)
+
+
+@dataclass
+class _Store:
+    """Known canonical values at fine vertices, sorted by key for ``searchsorted`` look-ups."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found mask, values where found) for sorted or unsorted query keys."""
+        if self.keys.numel() == 0:
+            return torch.zeros_like(keys, dtype=torch.bool), torch.zeros_like(keys, dtype=torch.float32)
+        pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        return self.keys[pos] == keys, self.values[pos]
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor) -> _Store:
+        merged, order = torch.sort(torch.cat((self.keys, keys)))
+        return _Store(merged, torch.cat((self.values, values))[order])
+
+
+def _values(sampler: Sampler, codec: _Codec, store: _Store, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values at unique ``keys``: from the store where known, else evaluated; also the evaluated mask."""
+    found, values = store.lookup(keys)
+    missing = ~found
+    values[missing] = sampler.at(codec.decode(keys[missing]))
+    return values, missing
+
+
+def _surface(corner_u: torch.Tensor, corner_pad: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """(M, 8) corner values -> (M,) cells that can hold the surface (sign change, or near it)."""
+    outside = corner_u > 0
+    straddles = outside.any(1) & ~outside.all(1)
+    if threshold is None:
+        return straddles
+    real = ~corner_pad
+    near = (torch.where(real, corner_u.abs(), torch.zeros_like(corner_u)).amax(1) <= threshold) & real.any(1)
+    return straddles | near
+
+
+def _coarsest(sampler: Sampler, codec: _Codec, stride: int, threshold: float | None) -> tuple[torch.Tensor, _Store]:
+    """Dense evaluation of the coarsest level; returns its surface cells (level units) and values."""
+    dev = sampler.device
+    size = [(d - 1) // stride for d in codec.dims]
+    axes = [torch.arange(s + 1, device=dev) for s in size]
+    idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3) * stride
+    u = sampler.at(idx)
+    store = _Store(codec.encode(idx), u)  # C-order, so already sorted
+    grid_u = u.view(*(s + 1 for s in size))
+    grid_pad = sampler.lattice.is_pad(idx).view(*(s + 1 for s in size))
+    corner_u = torch.stack([grid_u[i : i + size[0], j : j + size[1], k : k + size[2]] for i, j, k in _CORNERS], -1)
+    corner_pad = torch.stack([grid_pad[i : i + size[0], j : j + size[1], k : k + size[2]] for i, j, k in _CORNERS], -1)
+    surface = _surface(corner_u.reshape(-1, 8), corner_pad.reshape(-1, 8), threshold)
+    return torch.nonzero(surface.view(*size)), store
+
+
+def _refine(
+    sampler: Sampler, codec: _Codec, store: _Store, parents: torch.Tensor, stride: int, threshold: float | None
+) -> tuple[torch.Tensor, _Store]:
+    """Split ``parents`` ×2, evaluate the new vertices, return the children that can hold the surface."""
+    dev = sampler.device
+    sub = (2 * parents[:, None, :] + _table(_SUB_VERTICES, dev)).reshape(-1, 3)
+    keys, inverse = torch.unique(codec.encode(sub * stride), return_inverse=True)
+    values, _ = _values(sampler, codec, store, keys)
+    pad = sampler.lattice.is_pad(codec.decode(keys))
+    child_corners = _table(_CHILD_CORNERS, dev)
+    corner_u = values[inverse].view(-1, 27)[:, child_corners].reshape(-1, 8)
+    corner_pad = pad[inverse].view(-1, 27)[:, child_corners].reshape(-1, 8)
+    children = (2 * parents[:, None, :] + _table(_CORNERS, dev)).reshape(-1, 3)
+    return children[_surface(corner_u, corner_pad, threshold)], _Store(keys, values)
+
+
+def _dilate(cells: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Cells plus their 26 neighbours, inside a grid of ``size`` cells."""
+    return _unique_cells((cells[:, None, :] + _table(_NEIGHBOURS, cells.device)).reshape(-1, 3), size)
+
+
+def _unique_cells(cells: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Distinct rows of (N, 3) cell indices that lie inside a grid of ``size`` cells (via int64 keys)."""
+    inside = ((cells >= 0) & (cells < torch.tensor(size, device=cells.device))).all(1)
+    codec = _Codec(size)
+    return codec.decode(torch.unique(codec.encode(cells[inside])))
+
+
+def _close_blocks(sampler: Sampler, codec: _Codec, store: _Store, seeds: torch.Tensor, block: int) -> Blocks:
+    """Evaluate the seed blocks, then every block the surface crosses into, until none is left."""
+    counts = [(d - 1) // block for d in codec.dims]
+    block_codec = _Codec(counts)
+    offsets = _table(list(product(range(block + 1), repeat=3)), sampler.device)
+    origins, volumes = [], []
+    new = seeds
+    while new.shape[0] > 0:
+        keys, inverse = torch.unique(codec.encode(new[:, None, :] * block + offsets), return_inverse=True)
+        values, missing = _values(sampler, codec, store, keys)
+        origins.append(new * block)
+        volumes.append(values[inverse].view(-1, block + 1, block + 1, block + 1))
+        candidates = _crossed_neighbours(new, volumes[-1], counts)
+        done = block_codec.encode(torch.cat(origins) // block)
+        new = candidates[~torch.isin(block_codec.encode(candidates), done)]
+        if new.shape[0] > 0:  # shared vertices must keep the values already used
+            store = store.add(keys[missing], values[missing])
+    if not origins:
+        return Blocks(np.zeros((0, 3), np.int64), np.zeros((0,) + (block + 1,) * 3, np.float32))
+    return Blocks(torch.cat(origins).cpu().numpy(), torch.cat(volumes).cpu().numpy())
+
+
+def _crossed_neighbours(blocks: torch.Tensor, volumes: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Neighbour blocks across faces that the surface crosses (the face has both signs)."""
+    found = []
+    for axis in range(3):
+        for side, step in ((0, -1), (-1, 1)):
+            outside = volumes.select(axis + 1, side).flatten(1) > 0
+            crossed = outside.any(1) & ~outside.all(1)
+            neighbour = blocks[crossed].clone()
+            neighbour[:, axis] += step
+            found.append(neighbour)
+    return _unique_cells(torch.cat(found), counts)

@@ -1,0 +1,100 @@
+"""Marching cubes on canonical values (skimage, Lewiner) and the clean-up that keeps meshes manifold.
+
+Numpy only. Input values are canonical (``u > 0`` outside, see :mod:`recon3d.mesh.grid`); vertices come
+back as float64 padded indices and faces are counter-clockwise seen from outside. Blocks are triangulated
+one by one with small local coordinates, which makes a vertex on a face shared by two blocks bit-identical
+in both, so :func:`weld` can join blocks exactly by coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.measure import marching_cubes
+
+ProgressFn = Callable[[str, float], None]
+Mesh = tuple[np.ndarray, np.ndarray]  # vertices (V, 3) float64, faces (F, 3) int64
+
+
+def empty_mesh() -> Mesh:
+    return np.zeros((0, 3), dtype=np.float64), np.zeros((0, 3), dtype=np.int64)
+
+
+def triangulate_volume(volume: np.ndarray) -> Mesh:
+    """Lewiner marching cubes of a whole canonical volume at level 0 (empty if no sign change)."""
+    if not volume.min() <= 0.0 < volume.max():
+        return empty_mesh()
+    verts, faces, _, _ = marching_cubes(volume, 0.0, method="lewiner")  # "descent": u < 0 is the object
+    return verts.astype(np.float64), faces.astype(np.int64)
+
+
+def triangulate_blocks(values: np.ndarray, origins: np.ndarray, progress: ProgressFn | None = None) -> Mesh:
+    """Triangulate (K, b+1, b+1, b+1) blocks whose first vertex sits at padded index ``origins[k]``."""
+    all_verts, all_faces, offset = [], [], 0
+    step = max(1, len(values) // 50)
+    for k, (volume, origin) in enumerate(zip(values, origins)):
+        verts, faces = triangulate_volume(volume)
+        all_verts.append(verts + origin)
+        all_faces.append(faces + offset)
+        offset += len(verts)
+        if progress is not None and k % step == 0:
+            progress("marching_cubes", k / len(values))
+    if progress is not None:
+        progress("marching_cubes", 1.0)
+    if not all_verts:
+        return empty_mesh()
+    return np.concatenate(all_verts), np.concatenate(all_faces)
+
+
+def weld(verts: np.ndarray, faces: np.ndarray) -> Mesh:
+    """Merge bit-identical vertices and drop the faces that collapse.
+
+    This joins blocks along their shared faces, and merges marching-cubes vertices that rounded onto the
+    same point, whose faces have zero area; collapsing them keeps every edge shared by two faces.
+    """
+    if len(verts) == 0:
+        return empty_mesh()
+    order = np.lexsort(verts.T[::-1])
+    ordered = verts[order]
+    first = np.ones(len(verts), dtype=bool)
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    remap = np.empty(len(verts), dtype=np.int64)
+    remap[order] = np.cumsum(first) - 1
+    faces = remap[faces]
+    distinct = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return compact(ordered[first], faces[distinct])
+
+
+def compact(verts: np.ndarray, faces: np.ndarray) -> Mesh:
+    """Drop vertices no face uses, renumbering faces."""
+    used = np.zeros(len(verts), dtype=bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return verts[used], remap[faces]
+
+
+def largest_component(verts: np.ndarray, faces: np.ndarray) -> Mesh:
+    """Keep the edge-connected component with the most faces."""
+    if len(faces) == 0:
+        return empty_mesh()
+    edges = np.concatenate((faces[:, :2], faces[:, 1:]))
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(len(verts),) * 2)
+    count, labels = connected_components(graph, directed=False)
+    face_labels = labels[faces[:, 0]]
+    best = np.bincount(face_labels, minlength=count).argmax()
+    return compact(verts, faces[face_labels == best])
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted face normals summed per vertex, unit length (float32; zero where undefined)."""
+    corners = verts[faces]
+    weighted = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # |n| = 2 * area
+    normals = np.zeros_like(verts)
+    for axis in range(3):
+        for k in range(3):
+            normals[:, axis] += np.bincount(faces[:, k], weights=weighted[:, axis], minlength=len(verts))
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.divide(normals, length, out=np.zeros_like(normals), where=length > 0).astype(np.float32)
