@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,7 +111,8 @@ def scan_cases(data: Path, work: Path, names: list[str]) -> list[Case]:
         for normals, variant in variants:
             path = work / (f"{name}.ply" if normals == "file" else f"{name}-nonormals.ply")
             _write(path, variant)
-            cases.append(Case(name, path, len(variant), normals, "real scan", lambda r=reference: r,
+            cases.append(Case(name.removesuffix("_points"), path, len(variant), normals, "real scan",
+                              lambda r=reference: r,
                               "input points"))
     return cases
 
@@ -170,6 +171,9 @@ def prepare_cases(args: argparse.Namespace, work: Path) -> list[Case]:
         cases = scan_cases(args.data, work, ["gargoyle", "armadillo_points"])
         cases += mesh_cases(args.data, work, meshes, args.points)
         cases.append(synthetic_case(work, args.points))
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        cases = [case for case in cases if any(w in case.slug for w in wanted)]
     for case in cases:
         case.sha256 = _digest(case.path)
     return cases
@@ -226,7 +230,11 @@ def run_recon3d(case: Case, args: argparse.Namespace, work: Path, logs: Path) ->
     row["steps"] = fit.get("steps")
     row["resolution"] = extract.get("resolution")
     row["mesh"] = str(mesh_path)
-    return row, read_mesh(mesh_path)
+    try:
+        return row, read_mesh(mesh_path)
+    except Recon3dError as exc:
+        row["error"] = f"cannot read {mesh_path}: {exc}"
+        return row, None
 
 
 def run_poisson(o3d: Any, case: Case, args: argparse.Namespace, work: Path) -> list[tuple[dict, TriMesh | None]]:
@@ -249,7 +257,8 @@ def run_poisson(o3d: Any, case: Case, args: argparse.Namespace, work: Path) -> l
     except Exception as exc:  # noqa: BLE001 - a failed baseline is a row, not a crash
         return [({"method": label, "error": f"{type(exc).__name__}: {exc}"}, None)]
     densities = np.asarray(densities)
-    base = {"poisson_normals": normals, "normals_seconds": normals_time, "depth": args.poisson_depth}
+    base = {"poisson_normals": normals, "normals_seconds": normals_time, "poisson_seconds": seconds - normals_time,
+            "depth": args.poisson_depth}
     out = [({"method": label, "seconds": seconds, **base}, _to_trimesh(mesh))]
     path = work / f"{case.slug}.poisson.ply"
     o3d.io.write_triangle_mesh(str(path), mesh)
@@ -297,7 +306,11 @@ def judge(row: dict, mesh: TriMesh | None, reference: TriMesh | PointCloud, args
         row["error"] = "empty mesh"
         return
     start = time.perf_counter()
-    metrics = evaluate(mesh, reference, n_samples=args.eval_samples, seed=0)
+    try:
+        metrics = evaluate(mesh, reference, n_samples=args.eval_samples, seed=0)
+    except Recon3dError as exc:
+        row["error"] = f"evaluation failed: {exc}"
+        return
     row["metrics"] = {k: metrics.get(k) for k in METRIC_KEYS}
     row["eval_seconds"] = time.perf_counter() - start
 
@@ -313,9 +326,21 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _breakdown(row: dict) -> str:
+    """Where the seconds went: recon3d's own fit/extract timings, Poisson's normals/solve."""
+    if row["method"] == "recon3d":
+        fit, extract = row.get("fit") or {}, (row.get("extract") or {}).get("seconds") or {}
+        if "seconds" in fit and "total" in extract:
+            return f"fit {fit['seconds']:.1f} + mesh {extract['total']:.1f}"
+    elif "normals_seconds" in row and "poisson_seconds" in row:
+        normals = "normals" if row.get("poisson_normals") == "estimated" else "read"
+        return f"{normals} {row['normals_seconds']:.1f} + poisson {row['poisson_seconds']:.1f}"
+    return ""
+
+
 def table(rows: list[dict], merged_from: str | None) -> str:
     header = ["input", "points", "normals", "noise", "method", "seconds", "Chamfer-L1 (% diag)", "F@0.5%",
-              "F@1%", "normal consistency", "watertight", "time ratio vs Poisson"]
+              "F@1%", "normal consistency", "watertight", "time ratio vs Poisson", "time breakdown (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     poisson_seconds: dict[str, float] = {}
     for row in rows:  # prefer this run's untrimmed Poisson, else the merged one
@@ -324,21 +349,23 @@ def table(rows: list[dict], merged_from: str | None) -> str:
                 poisson_seconds[row["key"]] = row["seconds"]
     for row in rows:
         m = row.get("metrics") or {}
-        method = row["method"] + (" †" if row.get("merged") else "")
+        method = row["method"] + (" †" if row.get("merged") else "") + (" ‡" if row.get("input_differs") else "")
         ratio = "–"
         if row["method"] == "recon3d" and row.get("seconds") and row["key"] in poisson_seconds:
             ratio = f"{row['seconds'] / poisson_seconds[row['key']]:.2f}×"
         if "error" in row:
-            cells = [f"failed: {row['error'][:60]}"] + [""] * 6
+            cells = [f"failed: {row['error'][:60]}"] + [""] * 7
         else:
             chamfer = m.get("chamfer_l1")
             cells = [_fmt(row.get("seconds"), ".1f"), _fmt(None if chamfer is None else 100 * chamfer, ".3f"),
                      _fmt(m.get("fscore@0.5%"), ".3f"), _fmt(m.get("fscore@1%"), ".3f"),
-                     _fmt(m.get("normal_consistency"), ".3f"), _fmt(m.get("watertight"), ""), ratio]
+                     _fmt(m.get("normal_consistency"), ".3f"), _fmt(m.get("watertight"), ""), ratio,
+                     _breakdown(row)]
         lines.append("| " + " | ".join([row["input"], f"{row['points']:,}", row["normals"], row["noise"],
                                           method, *cells]) + " |")
     if merged_from:
-        lines.append(f"\n† Poisson rows from {merged_from} (same inputs, matched by SHA-256; another run/machine).")
+        lines.append(f"\n† Poisson rows merged from {merged_from}; inputs matched by name and SHA-256"
+                     " (‡: the input file differed).")
     return "\n".join(lines)
 
 
@@ -413,11 +440,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--meshes", default=",".join(DEFAULT_MESHES), help="comma-separated names in DATA/meshes")
     p.add_argument("--points", type=int, default=200_000, help="points sampled per mesh (and torus)")
     p.add_argument("--quick", action="store_true", help="only the first --meshes mesh and gargoyle")
+    p.add_argument("--only", default=None, help="comma-separated substrings: keep inputs whose file name has one")
+    p.add_argument("--prepare-only", action="store_true", help="write the inputs, list them, run nothing")
     p.add_argument("--device", default="auto", help="recon3d --device")
     p.add_argument("--preset", default=None, help="recon3d fit-sdf --preset")
     p.add_argument("--steps", type=int, default=None, help="recon3d fit-sdf --steps")
     p.add_argument("--resolution", type=int, default=None, help="recon3d extract-mesh --resolution")
     p.add_argument("--no-baseline", action="store_true", help="skip Open3D Poisson")
+    p.add_argument("--baseline-only", action="store_true", help="run only Open3D Poisson (CPU reference rows)")
     p.add_argument("--poisson-depth", type=int, default=9)
     p.add_argument("--poisson-trim", type=float, default=None, metavar="Q",
                    help="also report Poisson with vertices below density quantile Q removed")
@@ -446,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         log("error: no inputs found")
         return 1
     log(f"{len(cases)} inputs: " + ", ".join(case.slug for case in cases))
+    if args.prepare_only:
+        for case in cases:
+            print(f"{case.path}\t{case.points}\t{case.normals}\t{case.noise}\t{case.sha256[:16]}")
+        return 0
     o3d = load_open3d(args)
     merged, merged_from = ([], None)
     if args.merge_baseline is not None:
@@ -458,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                   "reference": case.reference_kind}
         log(f"[{i}/{len(cases)}] {case.slug}: {case.points:,} points, normals {case.normals}, noise {case.noise}")
         reference = case.reference()
-        runs: list[tuple[dict, TriMesh | None]] = [run_recon3d(case, args, work, logs)]
+        runs: list[tuple[dict, TriMesh | None]] = [] if args.baseline_only else [run_recon3d(case, args, work, logs)]
         if o3d is not None:
             runs += run_poisson(o3d, case, args, work)
         for row, mesh in runs:

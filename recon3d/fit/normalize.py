@@ -34,7 +34,7 @@ def to_input_units(points: np.ndarray, to_world: dict) -> np.ndarray:
     return points * to_world["scale"] + np.asarray(to_world["translation"])
 
 
-def data_bounds(points_field: np.ndarray, margin: float = 0.05) -> np.ndarray:
+def data_bounds(points_field: np.ndarray, margin: float = 0.025) -> np.ndarray:
     """The box to mesh: the data's box in field coordinates, grown by ``margin`` of its largest side."""
     lo, hi = points_field.min(axis=0), points_field.max(axis=0)
     pad = margin * float((hi - lo).max())

@@ -7,6 +7,8 @@ Loss on a batch of B scan points p (with normals n when known) and samples q aro
                                                            (PCA + MST orientation) for the first half
         then w_n · mean (1 − |cos(∇f(p), n)|)              estimated normals: tangent plane only
       + w_e · mean (‖∇f(q)‖ − 1)²                          eikonal: f is a distance
+      + w_far · mean relu(d(u) − slack − |f(u)|)           no stray surface far from the scan
+      + w_far · mean relu(d_box(u) − f(u)), d_box(u) > 0   outside the scan's box is outside
       + w_o · mean exp(−α |f(u)|)                          optional: no stray surface far away (SIREN)
 
 q mixes points near the surface (p + σ_p · N(0, I), σ_p the local point spacing, as IGR) and
@@ -120,6 +122,7 @@ class ScanData:
     origin: str  # "file" | "estimated" | "none"
     sigma: torch.Tensor
     distance_grid: torch.Tensor  # (1,1,G,G,G) unsigned distance to the scan over [-1,1]^3, [z,y,x]
+    data_box: torch.Tensor  # (2,3) the scan's bounding box, field coordinates
     to_world: dict
     bounds: np.ndarray
 
@@ -190,7 +193,8 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     return ScanData(
         points=as_tensor(points), normals=None if normals is None else as_tensor(normals),
-        origin=origin, sigma=as_tensor(sigma), distance_grid=as_tensor(grid)[None, None], to_world=to_world, bounds=data_bounds(points),
+        origin=origin, sigma=as_tensor(sigma), distance_grid=as_tensor(grid)[None, None],
+        data_box=as_tensor(np.stack([points.min(axis=0), points.max(axis=0)])), to_world=to_world, bounds=data_bounds(points),
     )
 
 
@@ -207,6 +211,12 @@ def sample_distance(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Trilinear lookup of the distance lattice at points x (N,3) in [-1,1]^3."""
     coords = x.detach().float().view(1, -1, 1, 1, 3)
     return torch.nn.functional.grid_sample(grid, coords, mode="bilinear", align_corners=True).view(-1)
+
+
+def box_distance(box: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from points x (N,3) to the axis-aligned box (2,3); 0 inside it."""
+    outside = torch.clamp(box[0] - x.detach(), min=0.0) + torch.clamp(x.detach() - box[1], min=0.0)
+    return outside.norm(dim=-1)
 
 
 def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,
@@ -235,9 +245,13 @@ def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float],
         if weights.get("far", 0.0) > 0:
             # Far from the scan the field must not come back to zero: |f(u)| ≥ d(u) − slack, where
             # d is the distance to the nearest scan point. The slack lets holes in the scan close.
-            far = values[2 * batch:]
-            gap = sample_distance(scan.distance_grid, x[2 * batch:]) - FAR_SLACK - far.abs()
-            terms["far"] = torch.relu(gap).mean()
+            # Outside the scan's bounding box every closed surface around the scan has f ≥ the
+            # distance to that box: this fixes the sign where an open scan would let "inside" leak.
+            far, u = values[2 * batch:], x[2 * batch:]
+            gap = sample_distance(scan.distance_grid, u) - FAR_SLACK - far.abs()
+            to_box = box_distance(scan.data_box, u)
+            box_gap = torch.where(to_box > 0, to_box - far, torch.zeros_like(far))  # inside: no claim
+            terms["far"] = torch.relu(gap).mean() + torch.relu(box_gap).mean()
             loss = loss + weights["far"] * terms["far"]
         if weights["offsurface"] > 0:
             terms["offsurface"] = torch.exp(-100.0 * values[2 * batch:].abs()).mean()

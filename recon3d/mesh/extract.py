@@ -74,10 +74,11 @@ def extract_mesh(
         verts, faces = marching.weld(verts, faces)
         if largest_component:
             verts, faces = marching.largest_component(verts, faces)
+    vertices = lattice.to_field(verts)
     with _timed(seconds, "normals"):
-        vertex_normals = _normals(normals, sampler, verts, faces, progress)
+        vertex_normals = _normals(normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
-    mesh = TriMesh(vertices=lattice.to_field(verts), faces=faces, vertex_normals=vertex_normals)
+    mesh = TriMesh(vertices=vertices, faces=faces, vertex_normals=vertex_normals)
     return ExtractResult(mesh, sampler.queries, lattice.cells, seconds)
 
 
@@ -102,20 +103,28 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _normals(
-    kind: str, sampler: Sampler, verts: np.ndarray, faces: np.ndarray, progress: ProgressFn | None
+    kind: str,
+    sampler: Sampler,
+    indices: np.ndarray,
+    points: np.ndarray,
+    faces: np.ndarray,
+    progress: ProgressFn | None,
 ) -> np.ndarray | None:
-    """Outward unit vertex normals; field normals fall back to mesh normals on the box cap or a zero gradient."""
+    """Outward unit vertex normals at ``points`` (lattice ``indices``).
+
+    Field normals fall back to mesh normals where the field says nothing about the surface: on the cap
+    that closes the mesh at the box, and where the gradient vanishes.
+    """
     if kind == "none":
         return None
-    points = sampler.lattice.to_field(verts)
-    from_mesh = marching.vertex_normals(points, faces)
-    if kind == "mesh" or len(verts) == 0:
-        return from_mesh
-    from_field = _field_normals(sampler, points, progress)
-    upper = np.asarray(sampler.lattice.cells) + 1
-    on_cap = ((verts < 1) | (verts > upper)).any(axis=1)
-    use_mesh = on_cap | ~np.any(from_field != 0, axis=1)
-    return np.where(use_mesh[:, None], from_mesh, from_field).astype(np.float32)
+    if kind == "mesh" or len(points) == 0:
+        return marching.vertex_normals(points, faces)
+    normals = _field_normals(sampler, points, progress)
+    on_cap = ((indices < 1) | (indices > np.asarray(sampler.lattice.cells) + 1)).any(axis=1)
+    use_mesh = on_cap | ~normals.any(axis=1)
+    if use_mesh.any():
+        normals[use_mesh] = marching.vertex_normals(points, faces)[use_mesh]
+    return normals
 
 
 def _field_normals(sampler: Sampler, points: np.ndarray, progress: ProgressFn | None) -> np.ndarray:

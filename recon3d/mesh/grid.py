@@ -8,10 +8,13 @@ sampled cells; ``p = 1 .. n + 1`` are sampled (field coordinates ``origin + (p -
 index is padding with the OUTSIDE value :data:`PAD_VALUE`. The padding closes a surface that leaves the box
 with a cap at most one cell outside it, so extracted meshes are always closed.
 
-The sparse sampler refines only cells that can hold the surface and hands back blocks of ``BLOCK³`` cells
-whose vertex values are all exact, so marching cubes on them reproduces the dense result. Known limitation
-(as in MISE): without ``lipschitz``, a surface piece smaller than a coarse cell whose coarse corners show no
-sign change, and that is not within one cell of a detected piece or connected to one, is missed.
+Both samplers hand marching cubes the same thing: blocks of ``BLOCK³`` cells whose vertex values are all
+exact. Dense evaluates every vertex and keeps the blocks with both signs. Sparse refines, level by level,
+only the cells that can hold the surface, then evaluates whole blocks around them and follows the surface
+into every neighbouring block it crosses into, so the mesh is closed and, wherever the surface was found,
+identical to the dense one. Known limitation (as in MISE): without ``lipschitz``, a surface component
+that shows no sign change at the corners of any coarse cell within one cell of it, and that touches no
+component that does, is missed (e.g. a speck smaller than a coarse cell, far from other surface).
 """
 
 from __future__ import annotations
@@ -117,10 +120,10 @@ class Sampler:
 
 @dataclass
 class Blocks:
-    """Blocks of ``size³`` cells whose ``(size+1)³`` vertex values are exact (or padding)."""
+    """Blocks of ``b³`` cells (``b = BLOCK``) whose ``(b+1)³`` vertex values are exact (or padding)."""
 
     origins: np.ndarray  # (K, 3) int64 padded index of each block's first vertex
-    values: np.ndarray  # (K, size+1, size+1, size+1) float32 canonical values
+    values: np.ndarray  # (K, b+1, b+1, b+1) float32 canonical values
 
 
 def sample_dense(sampler: Sampler, progress: ProgressFn | None = None, block: int = BLOCK) -> Blocks:
@@ -252,8 +255,16 @@ class _Store:
         return self.keys[pos] == keys, self.values[pos]
 
     def add(self, keys: torch.Tensor, values: torch.Tensor) -> _Store:
-        merged, order = torch.sort(torch.cat((self.keys, keys)))
-        return _Store(merged, torch.cat((self.values, values))[order])
+        """Merge sorted ``keys`` not yet stored: linear work, so following a long thin feature stays cheap."""
+        total = self.keys.numel() + keys.numel()
+        slots = torch.searchsorted(self.keys, keys) + torch.arange(keys.numel(), device=keys.device)
+        old = torch.ones(total, dtype=torch.bool, device=keys.device)
+        old[slots] = False
+        merged_keys = torch.empty(total, dtype=keys.dtype, device=keys.device)
+        merged_values = torch.empty(total, dtype=values.dtype, device=keys.device)
+        merged_keys[slots], merged_values[slots] = keys, values
+        merged_keys[old], merged_values[old] = self.keys, self.values
+        return _Store(merged_keys, merged_values)
 
 
 def _values(sampler: Sampler, codec: _Codec, store: _Store, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

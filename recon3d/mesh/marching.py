@@ -20,6 +20,7 @@ Mesh = tuple[np.ndarray, np.ndarray]  # vertices (V, 3) float64, faces (F, 3) in
 
 
 def empty_mesh() -> Mesh:
+    """No vertices, no faces, with the usual shapes and dtypes."""
     return np.zeros((0, 3), dtype=np.float64), np.zeros((0, 3), dtype=np.int64)
 
 
@@ -52,8 +53,9 @@ def triangulate_blocks(values: np.ndarray, origins: np.ndarray, progress: Progre
 def weld(verts: np.ndarray, faces: np.ndarray) -> Mesh:
     """Merge bit-identical vertices and drop the faces that collapse.
 
-    This joins blocks along their shared faces, and merges marching-cubes vertices that rounded onto the
-    same point, whose faces have zero area; collapsing them keeps every edge shared by two faces.
+    This joins blocks along their shared faces. It also merges marching-cubes vertices that rounded onto
+    the same point (a lattice value within float precision of the level): dropping their zero-area faces
+    is an edge collapse, which keeps the mesh closed.
     """
     if len(verts) == 0:
         return empty_mesh()
@@ -77,7 +79,7 @@ def compact(verts: np.ndarray, faces: np.ndarray) -> Mesh:
 
 
 def largest_component(verts: np.ndarray, faces: np.ndarray) -> Mesh:
-    """Keep the edge-connected component with the most faces."""
+    """Keep the connected component (faces sharing vertices) with the most faces."""
     if len(faces) == 0:
         return empty_mesh()
     edges = np.concatenate((faces[:, :2], faces[:, 1:]))
