@@ -124,6 +124,8 @@ def fit_sdf_command(
     from recon3d.io.pointcloud import read_point_cloud
 
     out = output or Path(scan.stem + ".pt")
+    if not out.parent.is_dir():
+        raise Recon3dError(f"{out}: output folder {out.parent} does not exist")
     torch_device = resolve_device(device)
     options = SDFOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
                          seed=seed, normals=normals, amp=amp, encoding=encoding)
@@ -185,6 +187,8 @@ def extract_mesh_command(
         raise Recon3dError("-o - writes to stdout and needs --format (obj, ply, stl, off or glb)")
     if not to_stdout and fmt is None and output.suffix.lower() not in MESH_EXTENSIONS:
         raise Recon3dError(f"{output}: unknown mesh extension '{output.suffix}' (supported: {', '.join(MESH_EXTENSIONS)})")
+    if fmt is not None and fmt.lower().lstrip(".") not in [e.lstrip(".") for e in MESH_EXTENSIONS]:
+        raise Recon3dError(f"--format {fmt}: choose obj, ply, stl, off or glb")
     if resolution is not None and not 8 <= resolution <= 4096:
         raise Recon3dError("--resolution must be between 8 and 4096")
     if method not in ("sparse", "dense"):

@@ -53,6 +53,8 @@ def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> 
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None and "load key" in str(exc):
+            raise InputError(f"{path}: not a recon3d checkpoint (not a torch file)") from exc
         what = f"it asks for {found.group(1)}" if found else "it holds objects other than plain data"
         raise InputError(f"{path}: refused to load: {what}; a recon3d checkpoint holds only tensors "
                          "and plain values (nothing was executed)") from exc
