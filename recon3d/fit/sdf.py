@@ -7,7 +7,7 @@ Loss on a batch of B scan points p (with normals n when known) and samples q aro
                                                            (PCA + MST orientation) for the first half
         then w_n · mean (1 − |cos(∇f(p), n)|)              estimated normals: tangent plane only
       + w_e · mean (‖∇f(q)‖ − 1)²                          eikonal: f is a distance
-      + w_far · mean relu(d(u) − slack − f(u)), f(u) > 0   no stray surface far from the scan
+      + w_far · mean relu(d(u) − slack − |f(u)|)           no stray surface far from the scan
       + w_far · mean relu(d_box(u) − f(u)), d_box(u) > 0   outside the scan's box is outside
       + w_o · mean exp(−α |f(u)|)                          optional: no stray surface far away (SIREN)
 
@@ -248,9 +248,7 @@ def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float],
             # Outside the scan's bounding box every closed surface around the scan has f ≥ the
             # distance to that box: this fixes the sign where an open scan would let "inside" leak.
             far, u = values[2 * batch:], x[2 * batch:]
-            # Only on the positive side: a sign-agnostic push would lock in wrongly negative
-            # regions (e.g. the filled hole of a torus) that the normal term must be free to carve.
-            gap = torch.where(far > 0, sample_distance(scan.distance_grid, u) - FAR_SLACK - far, torch.zeros_like(far))
+            gap = sample_distance(scan.distance_grid, u) - FAR_SLACK - far.abs()
             to_box = box_distance(scan.data_box, u)
             box_gap = torch.where(to_box > 0, to_box - far, torch.zeros_like(far))  # inside: no claim
             terms["far"] = torch.relu(gap).mean() + torch.relu(box_gap).mean()
