@@ -22,6 +22,7 @@ import torch
 
 from recon3d.errors import InputError
 from recon3d.io.atomic import atomic_open
+from recon3d.io.pointcloud import require_file
 
 FORMAT = "recon3d"
 VERSION = 1
@@ -42,13 +43,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
 
 def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     """Load and check a checkpoint; refuse pickled code, other formats, newer versions, wrong kinds."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a checkpoint")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
+    path = require_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -42,7 +42,7 @@ def require_file(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a file")
+        raise InputError(f"{path}: is a directory (a folder), not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     return path
