@@ -139,6 +139,45 @@ def fit_sdf_command(
     _finish_fit(summary, out, as_json, f"recon3d fit-sdf {scan} -o {out} --resume")
 
 
+@app.command("fit-occupancy")
+@_command
+def fit_occupancy_command(
+    shape: Path = typer.Argument(..., help="Mesh (OBJ, PLY, STL, OFF, GLB) or Occupancy Networks points.npz."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write [default: SHAPE's name + .pt]."),
+    preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (ONet-style MLP), fourier."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget [default: the preset's for the device]."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Labelled points per step [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: the preset's]."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU."),
+    device: str = DeviceOpt,
+    seed: int = typer.Option(0, "--seed", help="Random seed (sampling and initialisation)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fit an occupancy network (BCE on labelled points); the surface is the τ = 0.5 decision boundary."""
+    from recon3d.device import resolve_device
+    from recon3d.fit.occupancy import OccupancyOptions, fit_occupancy
+    from recon3d.io.checkpoint import load_checkpoint
+    from recon3d.io.shape import read_occupancy_input
+
+    out = output or Path(shape.stem + ".pt")
+    if not out.parent.is_dir():
+        raise Recon3dError(f"{out}: output folder {out.parent} does not exist")
+    torch_device = resolve_device(device)
+    options = OccupancyOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
+                               seed=seed, amp=amp)
+    previous = _resumable(out, load_checkpoint, "occupancy") if resume else None
+    data = read_occupancy_input(shape)
+    if previous is not None and previous["train"].get("input") != ("mesh" if hasattr(data, "faces") else "points"):
+        raise Recon3dError(f"{out}: was fitted to another kind of input; resume needs the same shape")
+    summary = fit_occupancy(data, options, out, torch_device, source=str(shape), resume=previous,
+                            show_progress=not quiet)
+    _finish_fit(summary, out, as_json, f"recon3d fit-occupancy {shape} -o {out} --resume")
+
+
 def _resumable(path: Path, load: Callable[..., dict], kind: str) -> dict:
     if not path.exists():
         raise Recon3dError(f"{path}: nothing to resume (no such checkpoint)")
@@ -165,9 +204,10 @@ def extract_mesh_command(
     model: Path = typer.Argument(..., help="A recon3d checkpoint (.pt)."),
     output: Path = typer.Option(..., "-o", "--output", help="Mesh file (.obj .ply .stl .off .glb), or - for stdout."),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="Cells along the longest side [default: 512 on GPU, 256 on CPU]."),
-    level: Optional[float] = typer.Option(None, "--level", help="Iso-level [default: the checkpoint's own]."),
+    level: Optional[float] = typer.Option(None, "--level", help="Iso-level [default: the checkpoint's own]; for occupancy a probability τ in (0, 1)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="obj, ply, stl, off or glb (needed with -o -)."),
-    method: str = typer.Option("sparse", "--method", help="sparse (coarse-to-fine, default) or dense."),
+    method: str = typer.Option("mise", "--method", help="mise (coarse-to-fine, default; also 'sparse') or dense."),
+    refine: Optional[int] = typer.Option(None, "--refine", help="Newton steps moving vertices onto the level [default: 2 for occupancy, else 0]."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
     normals: str = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
     chunk: int = typer.Option(2**18, "--chunk", help="Points per field evaluation."),
@@ -191,15 +231,17 @@ def extract_mesh_command(
         raise Recon3dError(f"--format {fmt}: choose obj, ply, stl, off or glb")
     if resolution is not None and not 8 <= resolution <= 4096:
         raise Recon3dError("--resolution must be between 8 and 4096")
-    if method not in ("sparse", "dense"):
-        raise Recon3dError(f"--method {method}: choose sparse or dense")
+    if method not in ("mise", "sparse", "dense"):
+        raise Recon3dError(f"--method {method}: choose mise or dense")
+    if refine is not None and not 0 <= refine <= 10:
+        raise Recon3dError("--refine must be between 0 and 10")
     if normals not in ("field", "mesh", "none"):
         raise Recon3dError(f"--normals {normals}: choose field, mesh or none")
     checkpoint = load_checkpoint(model)
     torch_device = resolve_device(device)
     start = time.perf_counter()
-    options = MeshOptions(resolution=resolution, level=level, method=method,
-                          largest_component=largest_component, normals=normals, chunk=chunk)
+    options = MeshOptions(resolution=resolution, level=level, method="dense" if method == "dense" else "sparse",
+                          largest_component=largest_component, normals=normals, chunk=chunk, refine=refine)
     mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
     if mesh.n_faces == 0:
         raise Recon3dError(f"{model}: the field has no surface at level {stats['level']} inside its bounds")

@@ -16,13 +16,12 @@ from scipy.spatial import cKDTree
 
 from recon3d._open3d import import_open3d
 from recon3d.errors import InputError, Recon3dError
+from recon3d.mesh.inside import RayParity
 from recon3d.types import PointCloud, TriMesh
 
 Shape = TriMesh | PointCloud
 InsideBackend = Literal["auto", "open3d", "numpy"]
 
-#: Candidate (point, triangle) pairs tested at once by the numpy inside test; bounds its memory.
-_PAIR_BUDGET = 1_000_000
 #: F-score thresholds as fractions of the reference bounding-box diagonal, keyed by their label.
 _FSCORE_THRESHOLDS = {"0.5%": 0.005, "1%": 0.01}
 
@@ -69,6 +68,8 @@ def sample_surface(mesh: TriMesh, n: int, seed: int = 0) -> tuple[np.ndarray, np
 def mesh_is_watertight(mesh: TriMesh) -> bool:
     """True when the mesh is closed and consistently oriented, so inside and volume are defined.
 
+    Vertices at the same position count as one (OBJ files split them along texture seams).
+
     Every directed edge must appear exactly once and its reverse must appear too: then each
     undirected edge is shared by exactly two faces that traverse it in opposite directions.
     """
@@ -77,7 +78,12 @@ def mesh_is_watertight(mesh: TriMesh) -> bool:
     if faces.ndim != 2 or faces.shape[0] == 0 or faces.shape[1] != 3:
         return False
     faces = faces.astype(np.int64)
-    if faces.min() < 0 or faces.max() >= n_vertices or _has_repeated_corner(faces):
+    if faces.min() < 0 or faces.max() >= n_vertices:
+        return False
+    # Vertices split at texture seams are one vertex for the surface: weld by position.
+    _, weld = np.unique(np.asarray(mesh.vertices), axis=0, return_inverse=True)
+    faces = weld.reshape(-1)[faces]
+    if _has_repeated_corner(faces):
         return False
     start, end = faces.reshape(-1), np.roll(faces, -1, axis=1).reshape(-1)
     keys = np.sort(start * n_vertices + end)
@@ -147,115 +153,8 @@ def _inside_open3d(o3d: ModuleType, mesh: TriMesh, points: np.ndarray) -> np.nda
 
 
 def _inside_numpy(mesh: TriMesh, points: np.ndarray) -> np.ndarray:
-    """Parity of crossings of a +z ray from each point, over triangles binned in an xy grid.
-
-    Edge tests are exactly antisymmetric between the two faces of an edge and break ties by a
-    consistent symbolic perturbation of the point, so rays through edges or vertices count once.
-    """
-    inside = np.zeros(len(points), dtype=bool)
-    if mesh.n_faces == 0 or len(points) == 0:
-        return inside
-    grid = _TriangleGrid(mesh)
-    candidates = np.flatnonzero(grid.covers(points[:, :2]))
-    cells = grid.cell_index(points[candidates, :2])
-    counts = grid.counts[cells]
-    for chunk in _chunks_by_budget(counts, _PAIR_BUDGET):
-        point_ids, triangle_ids = grid.pairs(cells[chunk], counts[chunk])
-        crossings = _ray_crossings(mesh, points[candidates[chunk]], point_ids, triangle_ids)
-        inside[candidates[chunk]] = np.bincount(point_ids, crossings, len(chunk)) % 2 == 1
-    return inside
-
-
-class _TriangleGrid:
-    """Triangles bucketed by the xy grid cells that their xy bounding boxes overlap."""
-
-    def __init__(self, mesh: TriMesh) -> None:
-        xy = mesh.vertices[mesh.faces][:, :, :2]
-        lo, hi = xy.min(axis=1), xy.max(axis=1)
-        self.origin, self.top = lo.min(axis=0), hi.max(axis=0)
-        self.size = int(np.clip(np.sqrt(mesh.n_faces), 1, 512))
-        extent = self.top - self.origin
-        self.cell = np.where(extent > 0, extent / self.size, 1.0)
-        first, last = self.cell_xy(lo), self.cell_xy(hi)
-        span = last - first + 1
-        per_triangle = span[:, 0] * span[:, 1]
-        triangle = np.repeat(np.arange(mesh.n_faces), per_triangle)
-        local = np.arange(per_triangle.sum()) - np.repeat(np.cumsum(per_triangle) - per_triangle,
-                                                          per_triangle)
-        cx = first[triangle, 0] + local % span[triangle, 0]
-        cy = first[triangle, 1] + local // span[triangle, 0]
-        cell = cx * self.size + cy
-        order = np.argsort(cell, kind="stable")
-        self.triangles = triangle[order]
-        self.counts = np.bincount(cell, minlength=self.size * self.size)
-        self.starts = np.cumsum(self.counts) - self.counts
-
-    def covers(self, xy: np.ndarray) -> np.ndarray:
-        """Points whose xy lies within the mesh's xy extent; the others cannot be inside."""
-        return np.all((xy >= self.origin) & (xy <= self.top), axis=1)
-
-    def cell_xy(self, xy: np.ndarray) -> np.ndarray:
-        """Integer (cx, cy) cell coordinates, clipped to the grid (monotone in xy)."""
-        return np.clip(np.floor((xy - self.origin) / self.cell), 0, self.size - 1).astype(np.int64)
-
-    def cell_index(self, xy: np.ndarray) -> np.ndarray:
-        """Flat cell index of each xy position."""
-        cxy = self.cell_xy(xy)
-        return cxy[:, 0] * self.size + cxy[:, 1]
-
-    def pairs(self, cells: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every (point, candidate triangle) pair for points in the given cells."""
-        point_ids = np.repeat(np.arange(len(cells)), counts)
-        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return point_ids, self.triangles[np.repeat(self.starts[cells], counts) + offset]
-
-
-def _chunks_by_budget(counts: np.ndarray, budget: int) -> list[np.ndarray]:
-    """Split point indices into consecutive runs whose candidate counts sum to about ``budget``."""
-    if len(counts) == 0:
-        return []
-    bucket = np.cumsum(counts) // budget
-    bounds = np.flatnonzero(np.diff(bucket)) + 1
-    return np.split(np.arange(len(counts)), bounds)
-
-
-def _ray_crossings(
-    mesh: TriMesh, points: np.ndarray, point_ids: np.ndarray, triangle_ids: np.ndarray
-) -> np.ndarray:
-    """1.0 where the +z ray from ``points[point_ids]`` crosses triangle ``triangle_ids``."""
-    faces = mesh.faces[triangle_ids]
-    p = points[point_ids]
-    positive = np.empty((len(p), 3), dtype=bool)
-    signed = np.empty((len(p), 3))
-    for k in range(3):
-        start, end = faces[:, k], faces[:, (k + 1) % 3]
-        positive[:, k], signed[:, k] = _edge_side(mesh.vertices, start, end, p)
-    covered = positive.all(axis=1) | ~positive.any(axis=1)
-    twice_area = signed.sum(axis=1)
-    covered &= twice_area != 0
-    z = mesh.vertices[faces][:, :, 2]
-    weights = signed[:, [1, 2, 0]]
-    z_hit = np.einsum("ij,ij->i", weights, z) / np.where(covered, twice_area, 1.0)
-    return (covered & (z_hit > p[:, 2])).astype(np.float64)
-
-
-def _edge_side(
-    vertices: np.ndarray, start: np.ndarray, end: np.ndarray, p: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Which side of the xy-projected edge start->end each point is on, and the signed value.
-
-    The edge is evaluated from its lower to its higher vertex index and the result negated for
-    the other direction, so the two faces of an edge always disagree exactly. Zeros are decided
-    as if the point moved by (+eps, +eps^2), which is consistent across all edges.
-    """
-    flip = start > end
-    a = vertices[np.where(flip, end, start)]
-    b = vertices[np.where(flip, start, end)]
-    dx, dy = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]
-    value = dx * (p[:, 1] - a[:, 1]) - dy * (p[:, 0] - a[:, 0])
-    tie = (dy < 0) | ((dy == 0) & (dx > 0))
-    canonical = (value > 0) | ((value == 0) & tie)
-    return canonical ^ flip, np.where(flip, -value, value)
+    """Exact ray parity (recon3d.mesh.inside) on the CPU: needs no Open3D."""
+    return RayParity(mesh, "cpu")(points).numpy()
 
 
 # --------------------------------------------------------------------------------------------

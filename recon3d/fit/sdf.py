@@ -29,23 +29,21 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from recon3d import __version__
 from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.implicit import gradient
-from recon3d.fit.loop import Trainer, TrainSettings, TrainState
+from recon3d.fit.common import (HASHGRID, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
+                                resumed_settings, summarize)
+from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.fit.normals import neighbourhood, orient_normals
-from recon3d.io.checkpoint import VERSION, save_checkpoint
+from recon3d.io.checkpoint import save_checkpoint
 from recon3d.types import PointCloud
 
 MIN_POINTS = 16
 
-_HASHGRID_GPU = {"type": "hashgrid", "n_levels": 16, "n_features": 2, "log2_table_size": 19,
-                 "base_resolution": 16, "max_resolution": 2048}
-_HASHGRID_CPU = {"type": "hashgrid", "n_levels": 12, "n_features": 2, "log2_table_size": 17,
-                 "base_resolution": 16, "max_resolution": 1024}
+_HASHGRID_GPU, _HASHGRID_CPU = HASHGRID["cuda"], HASHGRID["cpu"]
 _SMALL_MLP = {"hidden": 64, "n_layers": 2, "activation": "softplus", "softplus_beta": 100.0,
               "init": "geometric", "init_radius": 0.5}
 
@@ -127,10 +125,6 @@ class ScanData:
     bounds: np.ndarray
 
 
-def _pick(table: dict, device: torch.device) -> Any:
-    return copy.deepcopy(table.get("any", table.get(device.type, table.get("cpu"))))
-
-
 def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
     """The concrete field config, loss weights and settings for this device."""
     if options.preset not in PRESETS:
@@ -138,25 +132,13 @@ def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
     if options.normals not in NORMAL_MODES:
         raise Recon3dError(f"--normals {options.normals}: choose {', '.join(NORMAL_MODES)}")
     preset = PRESETS[options.preset]
-    field = _pick(preset["field"], device)
+    field = pick(preset["field"], device)
     if options.encoding is not None:
         field["encoding"] = _encoding_override(options.encoding, device)
-    budget = _pick(preset["budget"], device)
-    steps = options.steps if options.steps is not None else budget["steps"]
-    if steps < 1:
-        raise Recon3dError("--steps must be at least 1")
-    if options.max_seconds is not None and options.max_seconds <= 0:
-        raise Recon3dError("--max-seconds must be positive")
-    settings = TrainSettings(
-        steps=int(steps), max_seconds=options.max_seconds,
-        lr=options.lr if options.lr is not None else budget["lr"],
-        seed=options.seed, amp=options.amp, warmup_steps=min(50, max(int(steps) // 10, 1)),
-    )
-    batch = int(options.batch if options.batch is not None else budget["batch"])
-    if batch < 1:
-        raise Recon3dError("--batch must be at least 1")
-    return {"field": field, "loss": dict(preset["loss"]), "settings": settings, "batch": batch,
-            "anneal": preset["anneal"]}
+    budget = pick(preset["budget"], device)
+    settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
+    return {"field": field, "loss": dict(preset["loss"]), "settings": settings,
+            "batch": make_batch(budget, options.batch), "anneal": preset["anneal"]}
 
 
 def _encoding_override(name: str, device: torch.device) -> dict:
@@ -271,8 +253,7 @@ def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: 
     """
     if resume is not None:
         config = resume["train"]["config"]
-        config["settings"] = TrainSettings(**{**config["settings"], **_budget_overrides(options)})
-        config["settings"].betas = tuple(config["settings"].betas)
+        config["settings"] = resumed_settings(config["settings"], options.steps, options.max_seconds)
     else:
         config = resolve_preset(options, device)
     torch.manual_seed(config["settings"].seed)
@@ -289,60 +270,20 @@ def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: 
     if state.interrupted:
         checkpoint["resume"] = trainer.resume_state()
     save_checkpoint(output, checkpoint)
-    return summarize(checkpoint, output)
-
-
-def _budget_overrides(options: SDFOptions) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if options.steps is not None:
-        out["steps"] = options.steps
-    if options.max_seconds is not None:
-        out["max_seconds"] = options.max_seconds
-    return out
+    return summarize(checkpoint, output, extra=("points", "normals"))
 
 
 def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, scan: ScanData,
                      device: torch.device, normals_mode: str) -> dict[str, Any]:
     """Assemble the plain-data checkpoint (see recon3d.io.checkpoint)."""
-    settings = config["settings"]
-    return {
-        "format": "recon3d",
-        "version": VERSION,
-        "kind": "sdf",
-        "level": 0.0,
-        "inside": "below",
-        "field": field.config,
-        "state_dict": {k: v.detach().cpu() for k, v in field.state_dict().items()},
-        "to_world": scan.to_world,
-        "bounds": scan.bounds.tolist(),
-        "train": {
-            "method": "fit-sdf",
-            "config": {
-                "field": {"encoding": field.config["encoding"], "mlp": field.config["mlp"]},
-                "loss": config["loss"], "batch": config["batch"], "anneal": config.get("anneal", 0.0),
-                "normals": config.get("normals", normals_mode),
-                "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
-            },
-            "steps": state.step,
-            "seconds": state.seconds,
-            "stopped_by": state.stopped_by,
-            "complete": not state.interrupted,
-            "history_terms": state.terms,
-            "history": state.history,
-            "points": int(scan.points.shape[0]),
-            "normals": scan.origin,
-            "device": str(device),
-            "versions": {"recon3d": __version__, "torch": str(torch.__version__)},
+    train = {
+        "method": "fit-sdf",
+        "config": {
+            "field": {"encoding": field.config["encoding"], "mlp": field.config["mlp"]},
+            "loss": config["loss"], "batch": config["batch"], "anneal": config.get("anneal", 0.0),
+            "normals": config.get("normals", normals_mode), "settings": plain_settings(config["settings"]),
         },
+        "points": int(scan.points.shape[0]),
+        "normals": scan.origin,
     }
-
-
-def summarize(checkpoint: dict, output: str | Path) -> dict[str, Any]:
-    """The --json summary of a fit."""
-    train = checkpoint["train"]
-    return {
-        "checkpoint": str(output), "kind": checkpoint["kind"], "steps": train["steps"],
-        "seconds": round(train["seconds"], 3), "stopped_by": train["stopped_by"],
-        "complete": train["complete"], "loss": train["history"][-1][1] if train["history"] else None,
-        "points": train["points"], "normals": train["normals"], "device": train["device"],
-    }
+    return checkpoint_dict("sdf", field, 0.0, "below", scan.to_world, scan.bounds, state, device, train)

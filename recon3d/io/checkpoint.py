@@ -94,11 +94,14 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "complete": train.get("complete", True),
         "resumable": "resume" in checkpoint,
         "final_loss": history[-1][1] if history else None,
-        "points": train.get("points"),
-        "normals": train.get("normals"),
+        **{key: train[key] for key in _METHOD_RECORDS if key in train},
         "device": train.get("device"),
         "versions": train.get("versions"),
     }
+
+
+#: Method-specific training records that ``info`` shows when a checkpoint has them.
+_METHOD_RECORDS = ("points", "normals", "input", "size", "labels", "threshold", "images", "psnr")
 
 
 def _mlp_summary(mlp: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Read 'a shape': a mesh when the file has faces, a point cloud otherwise (for ``eval``)."""
+"""Read 'a shape': a mesh when the file has faces, a point cloud otherwise (``eval``); a mesh or labelled
+points (``fit-occupancy``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 from recon3d.errors import InputError
+from recon3d.io.labelled import LabelledPoints, read_labelled_points
 from recon3d.io.mesh import MESH_EXTENSIONS, read_mesh
 from recon3d.io.pointcloud import POINT_CLOUD_EXTENSIONS, read_point_cloud, require_file
 from recon3d.types import PointCloud, TriMesh
@@ -48,3 +50,17 @@ def _may_have_faces(path: Path) -> bool:
             words = words[1:]
         return len(words) >= 2 and words[1] not in (b"0",)
     return True
+
+
+def read_occupancy_input(path: str | os.PathLike) -> TriMesh | LabelledPoints:
+    """What fit-occupancy learns from: a mesh, or Occupancy Networks' labelled ``points.npz``."""
+    path = require_file(path)
+    ext = path.suffix.lower()
+    if ext == ".npz":
+        return read_labelled_points(path)
+    if ext in MESH_EXTENSIONS:
+        if not _may_have_faces(path):
+            raise InputError(f"{path}: has no faces; fit-occupancy needs a mesh (for a point cloud use fit-sdf)")
+        return read_mesh(path)
+    raise InputError(f"{path}: unknown extension '{path.suffix}' (meshes: {', '.join(MESH_EXTENSIONS)}; "
+                     "labelled points: .npz with points and occupancies)")

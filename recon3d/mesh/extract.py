@@ -49,6 +49,7 @@ def extract_mesh(
     normals: str = "field",
     lipschitz: float | None = None,
     progress: ProgressFn | None = None,
+    refine: int = 0,
 ) -> ExtractResult:
     """Extract the closed surface ``f = level`` of ``field_fn`` inside ``bounds``.
 
@@ -58,11 +59,15 @@ def extract_mesh(
     logits, density). ``method="sparse"`` evaluates coarse-to-fine near the surface and gives the same mesh
     as ``"dense"`` unless a surface piece hides inside one coarse cell (see :mod:`recon3d.mesh.grid`);
     ``lipschitz`` (1.0 for a true SDF) makes its culling exact. ``normals``: ``"field"`` (field gradient,
-    autograd or central differences), ``"mesh"`` (area-weighted faces) or ``"none"``. ``progress`` is
-    called as ``progress(stage, fraction)``.
+    autograd or central differences), ``"mesh"`` (area-weighted faces) or ``"none"``. ``refine`` Newton
+    steps move each vertex along the field's gradient onto ``f = level`` (at most half a cell in all),
+    which sharpens fields that are far from linear across a cell, such as occupancy logits.
+    ``progress`` is called as ``progress(stage, fraction)``.
     """
     start = time.perf_counter()
     _check_options(inside, method, normals, chunk, lipschitz)
+    if int(refine) < 0:
+        raise Recon3dError(f"refine must be 0 or more steps, got {refine}")
     lattice = Lattice.from_bounds(bounds, resolution)
     sampler = Sampler(field_fn, lattice, float(level), _INSIDE[inside], int(chunk), torch.device(device))
     seconds: dict[str, float] = {}
@@ -75,6 +80,9 @@ def extract_mesh(
         if largest_component:
             verts, faces = marching.largest_component(verts, faces)
     vertices = lattice.to_field(verts)
+    if refine and len(vertices):
+        with _timed(seconds, "refine"):
+            vertices = _refine(sampler, vertices, int(refine))
     with _timed(seconds, "normals"):
         vertex_normals = _normals(normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
@@ -125,6 +133,33 @@ def _normals(
     if use_mesh.any():
         normals[use_mesh] = marching.vertex_normals(points, faces)[use_mesh]
     return normals
+
+
+def _refine(sampler: Sampler, points: np.ndarray, steps: int) -> np.ndarray:
+    """Newton steps x <- x - (f(x) - level) grad f / |grad f|^2, the total move capped at half a cell."""
+    start = torch.as_tensor(points, dtype=torch.float32, device=sampler.device)
+    limit = 0.5 * sampler.lattice.cell
+    out = start.clone()
+    for begin in range(0, len(start), sampler.chunk):
+        x0 = start[begin : begin + sampler.chunk]
+        x = x0.clone()
+        for _ in range(steps):
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                f = sampler.field_fn(xg).reshape(-1).float()
+                if not f.requires_grad:
+                    return points  # not differentiable: keep the marching-cubes vertices
+                (grad,) = torch.autograd.grad(f.sum(), xg)
+            sampler.queries += len(x)
+            norm2 = (grad * grad).sum(1, keepdim=True)
+            move = torch.where(norm2 > 0, (f.detach() - sampler.level)[:, None] * grad / norm2.clamp_min(1e-30),
+                               torch.zeros_like(grad))
+            x = x - torch.nan_to_num(move)
+            offset = x - x0
+            length = offset.norm(dim=1, keepdim=True)
+            x = torch.where(length > limit, x0 + offset * (limit / length.clamp_min(1e-30)), x)
+        out[begin : begin + len(x)] = x.detach()
+    return out.double().cpu().numpy()
 
 
 def _field_normals(sampler: Sampler, points: np.ndarray, progress: ProgressFn | None) -> np.ndarray:

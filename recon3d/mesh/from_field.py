@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.mesh.extract import extract_mesh
 from recon3d.types import TriMesh
@@ -22,6 +24,23 @@ class MeshOptions:
     largest_component: bool = False
     normals: str = "field"
     chunk: int = 2**18
+    refine: int | None = None  # Newton steps onto the level; None: 2 for occupancy, 0 otherwise
+
+
+def logit(tau: float) -> float:
+    """The logit of a probability threshold τ in (0, 1): occupancy fields output logits."""
+    if not 0.0 < tau < 1.0:
+        raise Recon3dError(f"--level {tau}: an occupancy threshold is a probability strictly between 0 and 1")
+    return math.log(tau / (1.0 - tau))
+
+
+def field_level(checkpoint: dict, level: float | None) -> tuple[float, float]:
+    """(level in the field's own values, level as the user sees it). Occupancy levels are probabilities τ."""
+    if checkpoint["kind"] == "occupancy":
+        tau = float(checkpoint["train"].get("threshold", 0.5)) if level is None else float(level)
+        return (float(checkpoint["level"]) if level is None else logit(tau)), tau
+    value = float(checkpoint["level"] if level is None else level)
+    return value, value
 
 
 def default_resolution(device: torch.device) -> int:
@@ -40,14 +59,15 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
                          progress=None) -> tuple[TriMesh, dict]:
     """Extract the checkpoint's surface; vertices and normals in the input's units."""
     field = load_field(checkpoint, device)
-    level = float(checkpoint["level"] if options.level is None else options.level)
+    level, shown_level = field_level(checkpoint, options.level)
+    refine = options.refine if options.refine is not None else (2 if checkpoint["kind"] == "occupancy" else 0)
     resolution = int(options.resolution or default_resolution(device))
     inside = checkpoint.get("inside", checkpoint["field"].get("inside", "below"))
     result = extract_mesh(
         field, np.asarray(checkpoint["bounds"], dtype=np.float64), resolution=resolution, level=level,
         inside=inside, method=options.method, device=device, chunk=options.chunk,
         largest_component=options.largest_component, normals=options.normals,
-        lipschitz=1.0 if checkpoint["kind"] == "sdf" else None, progress=progress,
+        lipschitz=1.0 if checkpoint["kind"] == "sdf" else None, progress=progress, refine=refine,
     )
     mesh = result.mesh
     to_world = checkpoint["to_world"]
@@ -55,5 +75,5 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     world = TriMesh(vertices=vertices, faces=mesh.faces, vertex_normals=mesh.vertex_normals,
                     vertex_colors=mesh.vertex_colors)
     stats = {"vertices": world.n_vertices, "faces": world.n_faces, "resolution": list(result.resolution),
-             "level": level, "queries": int(result.queries), "seconds": result.seconds}
+             "level": shown_level, "queries": int(result.queries), "seconds": result.seconds}
     return world, stats

@@ -1,0 +1,311 @@
+"""fit-occupancy: an occupancy network f: R³ → [0, 1] of one shape (Mescheder et al. 2019).
+
+The field outputs logits; the loss is binary cross-entropy on labelled points; the surface is the
+decision boundary τ = 0.5, stored in the checkpoint as ``level = 0`` (logit) with ``inside = "above"``.
+
+Inputs: a mesh (labels computed here) or Occupancy Networks' ``points.npz`` (labels given). For a mesh,
+points are drawn as in Occupancy Networks / IF-Net: a quarter uniform in the padded box and three
+quarters on the surface plus Gaussian offsets at three scales, so the boundary is learnt sharply. They
+are labelled by exact ray parity when the mesh is closed, and by the generalised winding number (> 0.5)
+when it is not (holes, triangle soups, self-intersections), with a warning saying so. Labelled points
+come in pools, each drawn and labelled once and reused a few steps; every pool is seeded by (seed,
+pool number), so an interrupted run resumes to the same result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from recon3d.console import info, warn
+from recon3d.errors import InputError, Recon3dError
+from recon3d.fields import build_field
+from recon3d.fit.common import (HASHGRID, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
+                                resumed_settings, summarize)
+from recon3d.fit.loop import Trainer, TrainState
+from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
+from recon3d.io.checkpoint import save_checkpoint
+from recon3d.io.labelled import LabelledPoints
+from recon3d.mesh.inside import RayParity, WindingNumber
+from recon3d.metrics import mesh_is_watertight
+from recon3d.types import TriMesh
+
+#: Probability of the surface, and the logit the checkpoint stores as its level.
+THRESHOLD = 0.5
+LEVEL = 0.0
+#: Fractions of a pool: uniform in the box; the rest near the surface, offsets of these standard
+#: deviations (field units; the shape's longest side spans 1.6) in equal shares.
+UNIFORM_FRACTION = 0.25
+NEAR_SIGMAS = (0.002, 0.01, 0.04)
+#: How much the sampling box exceeds the meshing bounds (field units).
+BOX_PAD = 0.05
+#: Each labelled pool point is used about this many times (in expectation) before a new pool. Winding
+#: numbers cost far more than ray parity, so open meshes get a single pool (None: for the whole run).
+POOL_REUSE: dict[str, int | None] = {"parity": 4, "winding": None, "file": 0}
+
+_MLP_FAST = {"hidden": 64, "n_layers": 2, "activation": "relu"}
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {
+        "field": {"cuda": {"encoding": HASHGRID["cuda"], "mlp": _MLP_FAST},
+                  "cpu": {"encoding": HASHGRID["cpu"], "mlp": _MLP_FAST}},
+        "budget": {"cuda": {"steps": 2000, "batch": 65536, "lr": 1e-2, "pool": 1 << 21},
+                   "cpu": {"steps": 1000, "batch": 8192, "lr": 1e-2, "pool": 1 << 17}},
+    },
+    "paper": {  # Occupancy Networks' decoder without the shape code: raw xyz into a 256-wide ReLU MLP
+        "field": {"any": {"encoding": {"type": "none"},
+                          "mlp": {"hidden": 256, "n_layers": 8, "activation": "relu", "skip_layers": [4]}}},
+        "budget": {"cuda": {"steps": 10000, "batch": 16384, "lr": 5e-4, "pool": 1 << 21},
+                   "cpu": {"steps": 2000, "batch": 2048, "lr": 5e-4, "pool": 1 << 16}},
+    },
+    "fourier": {
+        "field": {"any": {"encoding": {"type": "fourier", "n_features": 128, "sigma": 4.0},
+                          "mlp": {"hidden": 256, "n_layers": 4, "activation": "relu"}}},
+        "budget": {"cuda": {"steps": 4000, "batch": 32768, "lr": 1e-3, "pool": 1 << 21},
+                   "cpu": {"steps": 1500, "batch": 4096, "lr": 1e-3, "pool": 1 << 16}},
+    },
+}
+
+
+@dataclass
+class OccupancyOptions:
+    """What the user asked for; None means the preset's default for the device."""
+
+    preset: str = "fast"
+    steps: int | None = None
+    max_seconds: float | None = None
+    batch: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    amp: bool = False
+
+
+Labeller = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ShapeData:
+    """The shape in field coordinates, on the training device, and how its points get labels."""
+
+    source: str
+    rule: str  # "parity" | "winding" | "file"
+    to_world: dict
+    bounds: np.ndarray  # meshing box, field coordinates
+    box: torch.Tensor  # (2, 3) sampling box, field coordinates
+    triangles: torch.Tensor | None = None  # (T, 3, 3) for surface sampling
+    cumulative_area: torch.Tensor | None = None
+    labeller: Labeller | None = None
+    points: torch.Tensor | None = None  # labelled points from a file
+    labels: torch.Tensor | None = None
+    size: int = 0  # faces or labelled points
+
+    @property
+    def rule_text(self) -> str:
+        return {"parity": "ray parity (closed mesh)", "winding": "generalised winding number > 0.5 (open mesh)",
+                "file": "labels from the file"}[self.rule]
+
+
+def resolve_preset(options: OccupancyOptions, device: torch.device) -> dict[str, Any]:
+    """The concrete field config and settings for this device."""
+    if options.preset not in PRESETS:
+        raise Recon3dError(f"--preset {options.preset}: unknown preset (choose {', '.join(PRESETS)})")
+    preset = PRESETS[options.preset]
+    budget = pick(preset["budget"], device)
+    settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
+    batch = make_batch(budget, options.batch)
+    return {"field": pick(preset["field"], device), "settings": settings, "batch": batch,
+            "pool": max(int(budget["pool"]), batch)}
+
+
+# ----------------------------------------------------------------------------------- the shape
+
+
+def clean_mesh(mesh: TriMesh, source: str) -> tuple[TriMesh, bool]:
+    """Weld vertices that share a position, drop degenerate faces; report whether the result is closed.
+
+    OBJ files often split vertices along texture seams; welding makes such a mesh count as closed.
+    """
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    finite = np.isfinite(vertices).all(axis=1)
+    if not finite.all():
+        keep = finite[faces].all(axis=1)
+        warn(f"{source}: dropped {int((~keep).sum())} faces with non-finite vertices")
+        faces = faces[keep]
+    unique, inverse = np.unique(vertices, axis=0, return_inverse=True)
+    faces = inverse.reshape(-1)[faces]
+    a, b, c = (unique[faces[:, k]] for k in range(3))
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    faces = faces[area > 0]
+    if len(faces) == 0:
+        raise InputError(f"{source}: the mesh has no face with non-zero area; nothing to fit")
+    used = np.unique(faces)
+    remap = np.zeros(len(unique), dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    cleaned = TriMesh(vertices=unique[used], faces=remap[faces])
+    extent = np.ptp(cleaned.vertices, axis=0)
+    if float(extent.max()) <= 0:
+        raise InputError(f"{source}: all vertices are identical; nothing to fit")
+    return cleaned, mesh_is_watertight(cleaned)
+
+
+def prepare_mesh(mesh: TriMesh, device: torch.device, source: str) -> ShapeData:
+    """Normalise the mesh and choose the labelling rule."""
+    mesh, closed = clean_mesh(mesh, source)
+    to_world = fit_normalization(mesh.vertices, source)
+    field_mesh = TriMesh(vertices=to_field(mesh.vertices, to_world), faces=mesh.faces)
+    if closed:
+        rule, labeller = "parity", RayParity(field_mesh, device)
+    else:
+        winding = WindingNumber(field_mesh, device)
+        rule = "winding"
+        labeller = lambda x: winding(x).abs() > 0.5  # noqa: E731 - either orientation
+        warn(f"{source}: the mesh is not closed (holes or a triangle soup); inside/outside by the "
+             "generalised winding number > 0.5")
+    bounds = data_bounds(field_mesh.vertices)
+    triangles = torch.as_tensor(field_mesh.vertices[field_mesh.faces], dtype=torch.float32, device=device)
+    area = torch.linalg.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]).norm(dim=-1)
+    shape = ShapeData(source=source, rule=rule, to_world=to_world, bounds=bounds, box=_box(bounds, device),
+                      triangles=triangles, cumulative_area=torch.cumsum(area.double(), 0), labeller=labeller,
+                      size=mesh.n_faces)
+    info(f"{source}: {mesh.n_faces:,} faces, {'closed' if closed else 'open'}; labels by {shape.rule_text}")
+    return shape
+
+
+def prepare_points(data: LabelledPoints, device: torch.device, source: str) -> ShapeData:
+    """Labelled points: normalised by their box; the meshing bounds hug the inside points."""
+    if len(data) < 16:
+        raise InputError(f"{source}: only {len(data)} labelled points; at least 16 are needed")
+    to_world = fit_normalization(data.points, source)
+    points = to_field(data.points, to_world)
+    inside = points[data.occupancies]
+    spacing = float(np.ptp(points, axis=0).max()) / max(len(points) ** (1 / 3), 1.0)
+    lo = np.maximum(inside.min(axis=0) - 2 * spacing, points.min(axis=0))
+    hi = np.minimum(inside.max(axis=0) + 2 * spacing, points.max(axis=0))
+    bounds = np.stack([np.maximum(lo, -1.0), np.minimum(hi, 1.0)])
+    info(f"{source}: {len(data):,} labelled points, {int(data.occupancies.sum()):,} inside")
+    return ShapeData(
+        source=source, rule="file", to_world=to_world, bounds=bounds, box=_box(bounds, device),
+        points=torch.as_tensor(points, dtype=torch.float32, device=device),
+        labels=torch.as_tensor(data.occupancies, dtype=torch.float32, device=device), size=len(data),
+    )
+
+
+def _box(bounds: np.ndarray, device: torch.device) -> torch.Tensor:
+    box = np.stack([np.maximum(bounds[0] - BOX_PAD, -1.0), np.minimum(bounds[1] + BOX_PAD, 1.0)])
+    return torch.as_tensor(box, dtype=torch.float32, device=device)
+
+
+# ----------------------------------------------------------------------------------- sampling
+
+
+def sample_surface(shape: ShapeData, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` points uniformly on the mesh's surface (area-weighted faces, uniform barycentrics)."""
+    assert shape.triangles is not None and shape.cumulative_area is not None
+    device = shape.triangles.device
+    total = shape.cumulative_area[-1]
+    pick_ = torch.rand(n, device=device, generator=gen, dtype=torch.float64) * total
+    face = torch.searchsorted(shape.cumulative_area, pick_).clamp_(max=len(shape.triangles) - 1)
+    r1, r2 = torch.rand((2, n, 1), device=device, generator=gen)
+    s = r1.sqrt()
+    tri = shape.triangles[face]
+    return (1 - s) * tri[:, 0] + s * (1 - r2) * tri[:, 1] + s * r2 * tri[:, 2]
+
+
+def draw_pool(shape: ShapeData, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` labelled points: uniform in the box plus Gaussian offsets around the surface."""
+    device = shape.box.device
+    n_uniform = int(round(n * UNIFORM_FRACTION))
+    n_near = n - n_uniform
+    uniform = shape.box[0] + torch.rand((n_uniform, 3), device=device, generator=gen) * (shape.box[1] - shape.box[0])
+    sigmas = torch.tensor(NEAR_SIGMAS, device=device)
+    which = torch.randint(0, len(NEAR_SIGMAS), (n_near, 1), device=device, generator=gen)
+    near = sample_surface(shape, n_near, gen) + sigmas[which] * torch.randn((n_near, 3), device=device, generator=gen)
+    points = torch.cat([uniform, near])
+    assert shape.labeller is not None
+    return points, shape.labeller(points).to(torch.float32)
+
+
+def make_step(field: torch.nn.Module, shape: ShapeData, batch: int, pool: int, seed: int):
+    """The per-step loss closure: BCE on a batch drawn from the current labelled pool."""
+    device = shape.box.device
+    reuse = POOL_REUSE[shape.rule]
+    refresh = 1 << 62 if reuse is None else max(1, (pool * reuse) // batch)
+    current: dict[str, Any] = {"index": -1}
+
+    def pool_for(step_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if shape.rule == "file":
+            assert shape.points is not None and shape.labels is not None
+            return shape.points, shape.labels
+        index = step_index // refresh
+        if current["index"] != index:  # seeded by (seed, pool number): resume draws the same pool
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed * 1_000_003 + index)
+            current["points"], current["labels"] = draw_pool(shape, pool, gen)
+            current["index"] = index
+        return current["points"], current["labels"]
+
+    def step(step_index: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        points, labels = pool_for(step_index)
+        idx = torch.randint(0, len(points), (batch,), device=device, generator=gen)
+        logits = field(points[idx]).float()
+        target = labels[idx]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        wrong = ((logits > 0).float() != target).float().mean().detach()
+        return {"loss": bce, "misclassified": wrong}
+
+    return step
+
+
+# ----------------------------------------------------------------------------------- fitting
+
+
+def fit_occupancy(shape_input: TriMesh | LabelledPoints, options: OccupancyOptions, output: str | Path,
+                  device: torch.device, source: str = "input", resume: dict | None = None,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """Fit an occupancy field to a mesh or labelled points; write the checkpoint; return a summary."""
+    if resume is not None:
+        config = resume["train"]["config"]
+        config["settings"] = resumed_settings(config["settings"], options.steps, options.max_seconds)
+    else:
+        config = resolve_preset(options, device)
+    torch.manual_seed(config["settings"].seed)
+    if isinstance(shape_input, LabelledPoints):
+        shape = prepare_points(shape_input, device, source)
+    else:
+        shape = prepare_mesh(shape_input, device, source)
+    field = build_field("occupancy", {**config["field"], "level": LEVEL, "inside": "above"}).to(device)
+    if resume is not None:
+        field.load_state_dict(resume["state_dict"])
+    step = make_step(field, shape, config["batch"], config["pool"], config["settings"].seed)
+    trainer = Trainer(field, step, config["settings"], device, label="fit-occupancy", show_progress=show_progress)
+    if resume is not None:
+        trainer.load_resume_state(resume["resume"])
+    state = trainer.run()
+    checkpoint = build_checkpoint(field, config, state, shape, device)
+    if state.interrupted:
+        checkpoint["resume"] = trainer.resume_state()
+    save_checkpoint(output, checkpoint)
+    return summarize(checkpoint, output, extra=("input", "size", "labels", "misclassified"))
+
+
+def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, shape: ShapeData,
+                     device: torch.device) -> dict[str, Any]:
+    """Assemble the plain-data checkpoint; ``threshold`` records τ for people and ``info``."""
+    terms = state.terms
+    last = state.history[-1] if state.history else None
+    train = {
+        "method": "fit-occupancy",
+        "config": {"field": {"encoding": field.config["encoding"], "mlp": field.config["mlp"]},
+                   "batch": config["batch"], "pool": config["pool"], "settings": plain_settings(config["settings"])},
+        "input": "points" if shape.rule == "file" else "mesh",
+        "size": int(shape.size),
+        "labels": shape.rule_text,
+        "threshold": THRESHOLD,
+        "misclassified": float(last[1 + terms.index("misclassified")]) if last and "misclassified" in terms else None,
+    }
+    return checkpoint_dict("occupancy", field, LEVEL, "above", shape.to_world, shape.bounds, state, device, train)
+
