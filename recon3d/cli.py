@@ -178,6 +178,109 @@ def fit_occupancy_command(
     _finish_fit(summary, out, as_json, f"recon3d fit-occupancy {shape} -o {out} --resume")
 
 
+@app.command("fit-nerf")
+@_command
+def fit_nerf_command(
+    scene: Path = typer.Argument(..., help="Scene folder (transforms_*.json or transforms.json) or a transforms json."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write [default: SCENE's name + .pt]."),
+    preset: str = typer.Option("fast", "--preset", help="fast (hash grid + occupancy grid, default) or paper (NeRF 8×256, 64+128 samples)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget [default: the preset's for the device]."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Rays per step [default: the preset's; fast adapts it]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: the preset's]."),
+    downscale: int = typer.Option(1, "--downscale", help="Shrink images by this integer factor at load."),
+    white_background: bool = typer.Option(True, "--white-background/--black-background", help="Background the RGBA images are composited on."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU."),
+    device: str = DeviceOpt,
+    seed: int = typer.Option(0, "--seed", help="Random seed (rays and initialisation)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fit a radiance field (NeRF) to posed images; render it with `render`, mesh it with `extract-mesh`."""
+    from recon3d.device import resolve_device
+    from recon3d.fit.nerf import NerfOptions, fit_nerf
+    from recon3d.io.checkpoint import load_checkpoint
+    from recon3d.io.scene import read_scene
+
+    out = output or Path((scene.stem if scene.suffix == ".json" else scene.name) + ".pt")
+    if not out.parent.is_dir():
+        raise Recon3dError(f"{out}: output folder {out.parent} does not exist")
+    torch_device = resolve_device(device)
+    options = NerfOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp)
+    previous = _resumable(out, load_checkpoint, "nerf") if resume else None
+    background = (1.0, 1.0, 1.0) if white_background else (0.0, 0.0, 0.0)
+    data = read_scene(scene, "train", downscale=downscale, background=background, keep_alpha=True).to(torch_device)
+    if previous is not None and previous["train"]["images"] != len(data):
+        raise Recon3dError(f"{out}: was fitted to {previous['train']['images']} images, {scene} has {len(data)}; "
+                           "resume needs the same scene")
+    summary = fit_nerf(data, options, out, torch_device, resume=previous, show_progress=not quiet)
+    _finish_fit(summary, out, as_json, f"recon3d fit-nerf {scene} -o {out} --resume")
+
+
+@app.command("render")
+@_command
+def render_command(
+    model: Path = typer.Argument(..., help="A recon3d radiance-field checkpoint (from fit-nerf)."),
+    scene: Path = typer.Option(..., "--scene", help="The scene folder or transforms json (cameras and reference images)."),
+    split: str = typer.Option("test", "--split", help="Views to render: train, val, test (or all for one-file scenes)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder for the PNGs [default: no images, metrics only]."),
+    orbit: int = typer.Option(0, "--orbit", help="Instead of the split: N frames circling the scene."),
+    gif: bool = typer.Option(False, "--gif", help="With --orbit: write one orbit.gif instead of PNG frames."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Render only the first N views."),
+    downscale: Optional[int] = typer.Option(None, "--downscale", help="Image shrink factor [default: the training run's]."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Render held-out views with PSNR and SSIM per view and mean, or an orbit (PNG frames or a GIF)."""
+    from recon3d.console import progress_bar
+    from recon3d.device import resolve_device
+    from recon3d.fit.nerf import load_nerf
+    from recon3d.io.checkpoint import load_checkpoint
+    from recon3d.io.scene import read_scene
+    from recon3d.render.views import render_orbit, render_split
+
+    if orbit < 0 or (gif and orbit == 0):
+        raise Recon3dError("--orbit N needs N >= 1 (and --gif needs --orbit)")
+    if orbit and output is None:
+        raise Recon3dError("--orbit needs -o FOLDER for its frames")
+    if limit is not None and limit < 1:
+        raise Recon3dError("--limit must be at least 1")
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            raise Recon3dError(f"{output}: exists and is not a folder")
+        if not output.parent.is_dir():
+            raise Recon3dError(f"{output}: parent folder {output.parent} does not exist")
+    checkpoint = load_checkpoint(model, kinds=("nerf",))
+    train = checkpoint["train"]
+    factor = int(downscale if downscale is not None else train.get("downscale", 1))
+    background = tuple(train.get("background", (1.0, 1.0, 1.0)))
+    torch_device = resolve_device(device)
+    views = read_scene(scene, "train" if orbit else split, downscale=factor, background=background,
+                       max_images=limit).to(torch_device)
+    field, grid, sampling = load_nerf(checkpoint, torch_device)
+    if output is not None:
+        output.mkdir(exist_ok=True)
+    total = orbit or len(views)
+    with progress_bar("render", total, disable=quiet) as advance:
+        if orbit:
+            result = render_orbit(field, grid, sampling, views, orbit, output, gif, advance)
+        else:
+            result = render_split(field, grid, sampling, views, output, advance)
+    if orbit:
+        info(f"{result['frames']} orbit frames; wrote {', '.join(result['files'][:1])}{' ...' if len(result['files']) > 1 else ''}")
+        _emit({"model": str(model), **result}, as_json, str(output))
+        return
+    info(f"{split}: {len(views)} views, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} "
+         f"({result['seconds_per_view']:.2f} s per view)")
+    summary = {"model": str(model), "scene": str(scene), **result}
+    plain = "\n".join(f"{v['view']}  psnr {v['psnr']:.3f}  ssim {v['ssim']:.4f}" for v in result["views"])
+    _emit(summary, as_json, plain + f"\nmean  psnr {result['psnr']:.3f}  ssim {result['ssim']:.4f}")
+
+
 def _resumable(path: Path, load: Callable[..., dict], kind: str) -> dict:
     if not path.exists():
         raise Recon3dError(f"{path}: nothing to resume (no such checkpoint)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Callable, Iterator
 
 from rich.console import Console
 
@@ -32,3 +34,18 @@ def warn(message: str) -> None:
 def error_line(message: str) -> None:
     """The one ``error: …`` line the CLI prints before a non-zero exit."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields ``advance(done, total)`` to report with."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=stderr, disable=disable or _quiet) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(done: int, of: int) -> None:
+            progress.update(task, completed=done, total=of)
+
+        yield advance

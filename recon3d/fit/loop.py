@@ -62,12 +62,16 @@ class TrainState:
         return self.history[-1][1] if self.history else None
 
 
-def learning_rate(settings: TrainSettings, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``lr · lr_final_ratio`` at ``settings.steps``."""
+def learning_rate(settings: TrainSettings, step: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``lr · lr_final_ratio`` at the end of the budget.
+
+    The end is whichever comes first: ``settings.steps``, or ``max_seconds`` (``time_fraction`` is
+    the share of it spent), so a time-budgeted run still decays fully by its deadline.
+    """
     if step < settings.warmup_steps:
         return settings.lr * (step + 1) / settings.warmup_steps
     span = max(settings.steps - settings.warmup_steps, 1)
-    progress = min(max(step - settings.warmup_steps, 0) / span, 1.0)
+    progress = min(max(max(step - settings.warmup_steps, 0) / span, time_fraction), 1.0)
     low = settings.lr * settings.lr_final_ratio
     return low + 0.5 * (settings.lr - low) * (1.0 + math.cos(math.pi * progress))
 
@@ -116,6 +120,11 @@ class Trainer:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(settings.seed)
         self.state = TrainState()
+        self.excluded_seconds = 0.0  # time callbacks spent on other work (e.g. evaluation)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (spent by a callback on evaluation, say) out of the time budget."""
+        self.excluded_seconds += float(seconds)
 
     def resume_state(self) -> dict[str, Any]:
         """Optimiser and RNG state plus progress: what ``--resume`` needs to continue exactly."""
@@ -147,7 +156,7 @@ class Trainer:
         with flag.installed(), self._progress() as progress:
             task = progress.add_task(self.label, total=settings.steps, completed=state.step, loss="")
             while True:
-                elapsed = time.perf_counter() - start
+                elapsed = time.perf_counter() - start - self.excluded_seconds
                 if state.step >= settings.steps:
                     state.stopped_by = "steps"
                     break
@@ -158,8 +167,9 @@ class Trainer:
                     state.stopped_by = "interrupt"
                     break
                 step = state.step
+                time_fraction = elapsed / settings.max_seconds if settings.max_seconds else 0.0
                 for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate(settings, step)
+                    group["lr"] = learning_rate(settings, step, time_fraction)
                 if self.on_step is not None:
                     self.on_step(step)
                 with autocast:
@@ -171,7 +181,7 @@ class Trainer:
                 if state.step % settings.log_every == 0 or state.step == settings.steps:
                     self._log(terms, progress, task)
         synchronize(self.device)
-        state.seconds = seconds_before + (time.perf_counter() - start)
+        state.seconds = seconds_before + (time.perf_counter() - start - self.excluded_seconds)
         self.model.eval()
         return state
 

@@ -55,21 +55,34 @@ def load_field(checkpoint: dict, device: torch.device) -> torch.nn.Module:
     return field.to(device).eval()
 
 
+@torch.no_grad()
+def vertex_colors(field: torch.nn.Module, vertices: np.ndarray, device: torch.device, chunk: int) -> np.ndarray:
+    """(V, 3) uint8 colours of a radiance field at mesh vertices (view-averaged, see ``field.color``)."""
+    points = torch.as_tensor(vertices, dtype=torch.float32, device=device)
+    step = max(1, chunk // 16)  # color() evaluates 14 directions per point
+    rgb = torch.cat([field.color(points[i : i + step]) for i in range(0, len(points), step)])
+    return (rgb.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
 def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.device,
                          progress=None) -> tuple[TriMesh, dict]:
     """Extract the checkpoint's surface; vertices and normals in the input's units."""
     field = load_field(checkpoint, device)
+    is_radiance = checkpoint["kind"] == "nerf"
+    field_fn = field.density if is_radiance else field  # meshes of radiance fields come from σ alone
     level, shown_level = field_level(checkpoint, options.level)
     refine = options.refine if options.refine is not None else (2 if checkpoint["kind"] == "occupancy" else 0)
     resolution = int(options.resolution or default_resolution(device))
     inside = checkpoint.get("inside", checkpoint["field"].get("inside", "below"))
     result = extract_mesh(
-        field, np.asarray(checkpoint["bounds"], dtype=np.float64), resolution=resolution, level=level,
+        field_fn, np.asarray(checkpoint["bounds"], dtype=np.float64), resolution=resolution, level=level,
         inside=inside, method=options.method, device=device, chunk=options.chunk,
         largest_component=options.largest_component, normals=options.normals,
         lipschitz=1.0 if checkpoint["kind"] == "sdf" else None, progress=progress, refine=refine,
     )
     mesh = result.mesh
+    if is_radiance and mesh.n_vertices:
+        mesh.vertex_colors = vertex_colors(field, mesh.vertices, device, options.chunk)
     to_world = checkpoint["to_world"]
     vertices = mesh.vertices * float(to_world["scale"]) + np.asarray(to_world["translation"], dtype=np.float64)
     world = TriMesh(vertices=vertices, faces=mesh.faces, vertex_normals=mesh.vertex_normals,
