@@ -310,7 +310,7 @@ def extract_mesh_command(
     level: Optional[float] = typer.Option(None, "--level", help="Iso-level [default: the checkpoint's own]; for occupancy a probability τ in (0, 1)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="obj, ply, stl, off or glb (needed with -o -)."),
     method: str = typer.Option("mise", "--method", help="mise (coarse-to-fine, default; also 'sparse') or dense."),
-    refine: Optional[int] = typer.Option(None, "--refine", help="Newton steps moving vertices onto the level [default: 2 for occupancy, else 0]."),
+    refine: int = typer.Option(0, "--refine", help="Newton steps moving vertices onto the level along the gradient (0: off)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
     normals: str = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
     chunk: int = typer.Option(2**18, "--chunk", help="Points per field evaluation."),
@@ -336,7 +336,7 @@ def extract_mesh_command(
         raise Recon3dError("--resolution must be between 8 and 4096")
     if method not in ("mise", "sparse", "dense"):
         raise Recon3dError(f"--method {method}: choose mise or dense")
-    if refine is not None and not 0 <= refine <= 10:
+    if not 0 <= refine <= 10:
         raise Recon3dError("--refine must be between 0 and 10")
     if normals not in ("field", "mesh", "none"):
         raise Recon3dError(f"--normals {normals}: choose field, mesh or none")

@@ -108,6 +108,16 @@ def test_winding_number_labels_an_open_mesh_sensibly(sphere_mesh: TriMesh) -> No
     assert (winding[:2] > 0.8).all() and (winding[2:].abs() < 0.2).all()
 
 
+def test_double_sided_soup_falls_back_to_the_enclosed_volume(sphere_mesh: TriMesh) -> None:
+    """Every face twice, opposite ways (as in many ShapeNet models): winding numbers cancel to 0."""
+    soup = TriMesh(sphere_mesh.vertices, np.vstack([sphere_mesh.faces, sphere_mesh.faces[:, ::-1]]))
+    assert np.abs(WindingNumber(soup)(np.zeros((1, 3))).numpy()).max() < 1e-6
+    shape = occ.prepare_mesh(soup, CPU, "soup.obj")
+    assert shape.rule == "enclosed"
+    field_points = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.2, -0.1], [0.9, 0.0, 0.0], [0.0, 0.0, -0.95]])
+    assert shape.labeller(field_points).tolist() == [True, True, False, False]
+
+
 def test_clean_mesh_welds_seams_and_drops_degenerate_faces(sphere_mesh: TriMesh) -> None:
     split = TriMesh(sphere_mesh.vertices[sphere_mesh.faces].reshape(-1, 3),
                     np.arange(sphere_mesh.n_faces * 3).reshape(-1, 3))  # a triangle soup of a closed surface

@@ -30,7 +30,7 @@ from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.io.checkpoint import save_checkpoint
 from recon3d.io.labelled import LabelledPoints
-from recon3d.mesh.inside import RayParity, WindingNumber
+from recon3d.mesh.inside import EnclosedVolume, RayParity, WindingNumber
 from recon3d.metrics import mesh_is_watertight
 from recon3d.types import TriMesh
 
@@ -45,7 +45,7 @@ NEAR_SIGMAS = (0.002, 0.01, 0.04)
 BOX_PAD = 0.05
 #: Each labelled pool point is used about this many times (in expectation) before a new pool. Winding
 #: numbers cost far more than ray parity, so open meshes get a single pool (None: for the whole run).
-POOL_REUSE: dict[str, int | None] = {"parity": 4, "winding": None, "file": 0}
+POOL_REUSE: dict[str, int | None] = {"parity": 4, "winding": None, "enclosed": 4, "file": 0}
 
 _MLP_FAST = {"hidden": 64, "n_layers": 2, "activation": "relu"}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -84,6 +84,11 @@ class OccupancyOptions:
 
 
 Labeller = Callable[[torch.Tensor], torch.Tensor]
+RULES = {"parity": "ray parity (closed mesh)", "winding": "generalised winding number > 0.5 (open mesh)",
+         "enclosed": "enclosed volume (voxel flood fill; the winding number cancels, e.g. double-sided faces)",
+         "file": "labels from the file"}
+#: Voxels per box side for the enclosed-volume rule.
+ENCLOSED_RESOLUTION = {"cuda": 512, "cpu": 256}
 
 
 @dataclass
@@ -104,8 +109,7 @@ class ShapeData:
 
     @property
     def rule_text(self) -> str:
-        return {"parity": "ray parity (closed mesh)", "winding": "generalised winding number > 0.5 (open mesh)",
-                "file": "labels from the file"}[self.rule]
+        return RULES[self.rule]
 
 
 def resolve_preset(options: OccupancyOptions, device: torch.device) -> dict[str, Any]:
@@ -157,18 +161,17 @@ def prepare_mesh(mesh: TriMesh, device: torch.device, source: str) -> ShapeData:
     mesh, closed = clean_mesh(mesh, source)
     to_world = fit_normalization(mesh.vertices, source)
     field_mesh = TriMesh(vertices=to_field(mesh.vertices, to_world), faces=mesh.faces)
+    bounds = data_bounds(field_mesh.vertices)
+    box = _box(bounds, device)
     if closed:
         rule, labeller = "parity", RayParity(field_mesh, device)
     else:
-        winding = WindingNumber(field_mesh, device)
-        rule = "winding"
-        labeller = lambda x: winding(x).abs() > 0.5  # noqa: E731 - either orientation
-        warn(f"{source}: the mesh is not closed (holes or a triangle soup); inside/outside by the "
-             "generalised winding number > 0.5")
-    bounds = data_bounds(field_mesh.vertices)
+        rule, labeller = _open_mesh_rule(field_mesh, box, device)
+        warn(f"{source}: the mesh is not closed (holes or a triangle soup); inside/outside by "
+             f"{RULES[rule]}")
     triangles = torch.as_tensor(field_mesh.vertices[field_mesh.faces], dtype=torch.float32, device=device)
     area = torch.linalg.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]).norm(dim=-1)
-    shape = ShapeData(source=source, rule=rule, to_world=to_world, bounds=bounds, box=_box(bounds, device),
+    shape = ShapeData(source=source, rule=rule, to_world=to_world, bounds=bounds, box=box,
                       triangles=triangles, cumulative_area=torch.cumsum(area.double(), 0), labeller=labeller,
                       size=mesh.n_faces)
     info(f"{source}: {mesh.n_faces:,} faces, {'closed' if closed else 'open'}; labels by {shape.rule_text}")
@@ -192,6 +195,22 @@ def prepare_points(data: LabelledPoints, device: torch.device, source: str) -> S
         points=torch.as_tensor(points, dtype=torch.float32, device=device),
         labels=torch.as_tensor(data.occupancies, dtype=torch.float32, device=device), size=len(data),
     )
+
+
+def _open_mesh_rule(mesh: TriMesh, box: torch.Tensor, device: torch.device) -> tuple[str, Labeller]:
+    """Winding number for meshes with holes; enclosed volume when the winding number finds (almost)
+    nothing inside that the surface encloses, as for double-sided triangle soups."""
+    winding = WindingNumber(mesh, device)
+    by_winding: Labeller = lambda x: winding(x).abs() > 0.5  # noqa: E731 - either orientation
+    enclosed = EnclosedVolume(mesh, box.double().cpu().numpy(), ENCLOSED_RESOLUTION.get(device.type, 512), device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(12345)
+    probe = box[0] + torch.rand((8192, 3), device=device, generator=gen) * (box[1] - box[0])
+    inside_winding = float(by_winding(probe).float().mean())
+    inside_enclosed = float(enclosed(probe).float().mean())
+    if inside_winding >= 0.5 * inside_enclosed:
+        return "winding", by_winding
+    return "enclosed", enclosed
 
 
 def _box(bounds: np.ndarray, device: torch.device) -> torch.Tensor:

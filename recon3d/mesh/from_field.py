@@ -24,7 +24,7 @@ class MeshOptions:
     largest_component: bool = False
     normals: str = "field"
     chunk: int = 2**18
-    refine: int | None = None  # Newton steps onto the level; None: 2 for occupancy, 0 otherwise
+    refine: int = 0  # Newton steps moving vertices onto the level (opt-in)
 
 
 def logit(tau: float) -> float:
@@ -71,7 +71,7 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     is_radiance = checkpoint["kind"] == "nerf"
     field_fn = field.density if is_radiance else field  # meshes of radiance fields come from σ alone
     level, shown_level = field_level(checkpoint, options.level)
-    refine = options.refine if options.refine is not None else (2 if checkpoint["kind"] == "occupancy" else 0)
+    refine = int(options.refine or 0)
     resolution = int(options.resolution or default_resolution(device))
     inside = checkpoint.get("inside", checkpoint["field"].get("inside", "below"))
     result = extract_mesh(

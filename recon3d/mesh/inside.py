@@ -235,3 +235,66 @@ def inside_labels(mesh: TriMesh, points: torch.Tensor | np.ndarray, closed: bool
     if closed:
         return RayParity(mesh, device)(points)
     return WindingNumber(mesh, device)(points) > 0.5
+
+
+class EnclosedVolume:
+    """Inside = what cannot be reached from outside the box without crossing the surface.
+
+    For triangle soups whose winding number says nothing, such as double-sided ShapeNet models (every
+    face twice, opposite ways, so the solid angles cancel): the surface is rasterised into a voxel grid
+    by dense surface samples, the empty voxels connected to the grid's border are outside, and every
+    other voxel (enclosed or on the surface) is inside. Approximate to one voxel; holes wider than a
+    voxel let the outside in, which is why the winding number is tried first.
+    """
+
+    def __init__(self, mesh: TriMesh, box: np.ndarray, resolution: int = 256,
+                 device: torch.device | str = "cpu") -> None:
+        from scipy import ndimage
+
+        self.device = torch.device(device)
+        box = np.asarray(box, dtype=np.float64)
+        self.cell = float((box[1] - box[0]).max()) / int(resolution)
+        self.origin = box[0]
+        self.shape = tuple(int(np.ceil((box[1][k] - box[0][k]) / self.cell)) + 1 for k in range(3))
+        shell = np.zeros(self.shape, dtype=bool)
+        vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        for points in _surface_samples(vertices, faces, self.cell / 3.0):
+            ijk = np.floor((points - self.origin) / self.cell).astype(np.int64)
+            ok = ((ijk >= 0) & (ijk < self.shape)).all(axis=1)
+            shell[tuple(ijk[ok].T)] = True
+        labels, _ = ndimage.label(~shell)
+        border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
+                                           labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+        outside = np.isin(labels, border[border > 0])
+        self.inside = torch.as_tensor(~outside, device=self.device)
+
+    def __call__(self, points: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N, 3) points -> (N,) bool on this tester's device (outside the box: False)."""
+        p = torch.as_tensor(points, device=self.device).reshape(-1, 3).to(torch.float64)
+        origin = torch.as_tensor(self.origin, dtype=torch.float64, device=self.device)
+        ijk = torch.floor((p - origin) / self.cell).long()
+        upper = torch.tensor(self.shape, device=self.device)
+        ok = ((ijk >= 0) & (ijk < upper)).all(dim=1)
+        out = torch.zeros(len(p), dtype=torch.bool, device=self.device)
+        sel = ijk[ok]
+        out[ok] = self.inside[sel[:, 0], sel[:, 1], sel[:, 2]]
+        return out
+
+
+def _surface_samples(vertices: np.ndarray, faces: np.ndarray, spacing: float, batch: int = 1 << 20):
+    """Points covering every triangle at about ``spacing`` (a barycentric lattice per triangle), in batches."""
+    tri = vertices[faces]
+    edges = np.stack([np.linalg.norm(tri[:, 1] - tri[:, 0], axis=1), np.linalg.norm(tri[:, 2] - tri[:, 1], axis=1),
+                      np.linalg.norm(tri[:, 0] - tri[:, 2], axis=1)], axis=1)
+    steps = np.maximum(np.ceil(edges.max(axis=1) / spacing).astype(np.int64), 1)
+    for n in np.unique(steps):
+        group = tri[steps == n]
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        a, b = i[keep] / n, j[keep] / n  # barycentric lattice of the triangle
+        weights = np.stack([1 - a - b, a, b], axis=1)  # (L, 3)
+        per = max(1, batch // len(weights))
+        for start in range(0, len(group), per):
+            chunk = group[start : start + per]
+            yield np.einsum("lk,tkd->tld", weights, chunk).reshape(-1, 3)
