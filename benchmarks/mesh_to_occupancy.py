@@ -304,8 +304,8 @@ def run_input(item: Input, args: argparse.Namespace, device: torch.device, work:
     mise = row["extract"].get(f"MISE {eval_res}", {})
     row["fit_plus_mise_seconds"] = fit_wall + mise["wall_seconds"] if "wall_seconds" in mise else None
     dense512, mise512 = row["extract"].get("dense 512", {}), row["extract"].get("MISE 512", {})
-    if "queries" in dense512 and mise512.get("queries"):
-        row["query_ratio_512"] = dense512["queries"] / mise512["queries"]
+    if "lattice_queries" in dense512 and mise512.get("lattice_queries"):
+        row["query_ratio_512"] = dense512["lattice_queries"] / mise512["lattice_queries"]
     for res in resolutions:
         d, m = row["extract"].get(f"dense {res}", {}), row["extract"].get(f"MISE {res}", {})
         if "faces" in d and "faces" in m:
@@ -353,7 +353,7 @@ def _extract_cell(stats: dict | None) -> str:
         return "–"
     if "skipped" in stats:
         return f"skipped ({stats['skipped']})"
-    return f"{stats['wall_seconds']:.2f} / {_queries(stats['queries'])}"
+    return f"{stats['wall_seconds']:.2f} / {_queries(stats['lattice_queries'])}"
 
 
 def table(rows: list[dict], skipped: list[dict]) -> str:
@@ -396,8 +396,8 @@ def table(rows: list[dict], skipped: list[dict]) -> str:
     lines += [
         "",
         f"Metrics against the input mesh, on the {eval_res or 'MISE'}³ mesh. Extraction cells: wall seconds "
-        "(synchronised; on CUDA after a warm-up fit and extraction) / field queries (lattice and field "
-        "normals, as `extract-mesh` runs). fit s: wall from the mesh to the written checkpoint "
+        "(synchronised; on CUDA after a warm-up fit and extraction) / field queries on the lattice "
+        "(the field normals, one query per vertex, come on top). fit s: wall from the mesh to the written checkpoint "
         "(labelling included) / the training loop's own seconds. IoU: Monte-Carlo volume IoU over the union "
         "box; ʷ = the input is open, its inside by the rule fit-occupancy labels it "
         "with (winding number, or enclosed volume for double-sided soups). watertight: the metrics mesh, (extractions watertight / extractions run); * = its "

@@ -7,7 +7,9 @@ Inputs: a mesh (labels computed here) or Occupancy Networks' ``points.npz`` (lab
 points are drawn as in Occupancy Networks / IF-Net: a quarter uniform in the padded box and three
 quarters on the surface plus Gaussian offsets at three scales, so the boundary is learnt sharply. They
 are labelled by exact ray parity when the mesh is closed, and by the generalised winding number (> 0.5)
-when it is not (holes, triangle soups, self-intersections), with a warning saying so. Labelled points
+when it is not (holes, triangle soups, self-intersections), with a warning saying so; where the winding
+number cancels (double-sided faces, common in ShapeNet) by the volume the surface encloses (voxel flood
+fill). Labelled points
 come in pools, each drawn and labelled once and reused a few steps; every pool is seeded by (seed,
 pool number), so an interrupted run resumes to the same result.
 """
@@ -96,7 +98,7 @@ class ShapeData:
     """The shape in field coordinates, on the training device, and how its points get labels."""
 
     source: str
-    rule: str  # "parity" | "winding" | "file"
+    rule: str  # a key of RULES: "parity" | "winding" | "enclosed" | "file"
     to_world: dict
     bounds: np.ndarray  # meshing box, field coordinates
     box: torch.Tensor  # (2, 3) sampling box, field coordinates

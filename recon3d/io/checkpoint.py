@@ -83,8 +83,8 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "format_version": checkpoint["version"],
         "level": float(checkpoint["level"]),
         "inside": checkpoint.get("inside", field.get("inside")),
-        "encoding": field.get("encoding", {}).get("type"),
-        "mlp": _mlp_summary(field.get("mlp", {})),
+        "encoding": (field.get("encoding") or field.get("position_encoding") or {}).get("type"),
+        "mlp": _mlp_summary(field.get("mlp", {})) if "mlp" in field else _radiance_summary(field),
         "parameters": n_params,
         "to_world_scale": scale,
         "to_world_translation": translation,
@@ -101,7 +101,16 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Method-specific training records that ``info`` shows when a checkpoint has them.
-_METHOD_RECORDS = ("points", "normals", "input", "size", "labels", "threshold", "images", "psnr")
+_METHOD_RECORDS = ("points", "normals", "input", "size", "labels", "threshold", "scene", "images", "width",
+                   "height", "downscale", "background", "near", "far", "psnr", "samples_per_second")
+
+
+def _radiance_summary(field: dict[str, Any]) -> str:
+    if "density_mlp" not in field:
+        return "-"
+    density, color = field["density_mlp"], field.get("color_mlp", {})
+    return (f"{field.get('architecture')}: density {density.get('n_layers')}x{density.get('hidden')}, "
+            f"colour {color.get('n_layers')}x{color.get('hidden')}, direction {field.get('direction_encoding', {}).get('type')}")
 
 
 def _mlp_summary(mlp: dict[str, Any]) -> str:

@@ -31,9 +31,10 @@ class ExtractResult:
     """The mesh (in the field's coordinates) and what it cost."""
 
     mesh: TriMesh
-    queries: int  # field evaluations, including those for field normals
+    queries: int  # field evaluations, including those for refinement and field normals
     resolution: tuple[int, int, int]  # sampled cells per axis
     seconds: dict[str, float]  # evaluate, marching_cubes, cleanup, normals, total
+    lattice_queries: int = 0  # field evaluations on the lattice alone (what MISE saves against dense)
 
 
 def extract_mesh(
@@ -73,6 +74,7 @@ def extract_mesh(
     seconds: dict[str, float] = {}
     with _timed(seconds, "evaluate"):
         sampled = sample_dense(sampler, progress) if method == "dense" else sample_sparse(sampler, lipschitz, progress)
+    lattice_queries = sampler.queries
     with _timed(seconds, "marching_cubes"):
         verts, faces = marching.triangulate_blocks(sampled.values, sampled.origins, progress)
     with _timed(seconds, "cleanup"):
@@ -87,7 +89,7 @@ def extract_mesh(
         vertex_normals = _normals(normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
     mesh = TriMesh(vertices=vertices, faces=faces, vertex_normals=vertex_normals)
-    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds)
+    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries)
 
 
 def _check_options(inside: str, method: str, normals: str, chunk: int, lipschitz: float | None) -> None:

@@ -88,5 +88,6 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     world = TriMesh(vertices=vertices, faces=mesh.faces, vertex_normals=mesh.vertex_normals,
                     vertex_colors=mesh.vertex_colors)
     stats = {"vertices": world.n_vertices, "faces": world.n_faces, "resolution": list(result.resolution),
-             "level": shown_level, "queries": int(result.queries), "seconds": result.seconds}
+             "level": shown_level, "queries": int(result.queries),
+             "lattice_queries": int(result.lattice_queries), "seconds": result.seconds}
     return world, stats
