@@ -166,11 +166,13 @@ def timed_fit(mesh: TriMesh, options: OccupancyOptions, out: Path, device: torch
     return summary, time.perf_counter() - start
 
 
-def timed_extract(checkpoint: dict, resolution: int, method: str, device: torch.device) -> tuple[TriMesh, dict]:
+def timed_extract(checkpoint: dict, resolution: int, method: str, device: torch.device,
+                  refine: int = 0) -> tuple[TriMesh, dict]:
     """mesh_from_checkpoint as extract-mesh runs it (field normals by default), timed."""
     synchronize(device)
     start = time.perf_counter()
-    mesh, stats = mesh_from_checkpoint(checkpoint, MeshOptions(resolution=resolution, method=method), device)
+    mesh, stats = mesh_from_checkpoint(checkpoint, MeshOptions(resolution=resolution, method=method, refine=refine),
+                                       device)
     synchronize(device)
     stats["wall_seconds"] = time.perf_counter() - start
     return mesh, stats
@@ -286,7 +288,7 @@ def run_input(item: Input, args: argparse.Namespace, device: torch.device, work:
                 row["extract"][key] = {"skipped": "--no-dense-512"}
                 continue
             _reset_peak(device)
-            out, stats = timed_extract(checkpoint, resolution, method, device)
+            out, stats = timed_extract(checkpoint, resolution, method, device, args.refine)
             stats["watertight"] = mesh_is_watertight(out) if out.n_faces else False
             stats["closed_by_connectivity"] = closed_by_connectivity(out.faces) if out.n_faces else False
             stats["peak_gpu_gib"] = _peak_gib(device)
@@ -475,6 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="fit-occupancy preset")
     p.add_argument("--steps", type=int, default=None, help="fit steps [the preset's for the device]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine", type=int, default=0, help="Newton refinement steps in every extraction (extract-mesh --refine)")
     p.add_argument("--no-dense-512", action="store_true", help="skip dense sampling at 512³ (the slowest step)")
     p.add_argument("--eval-samples", type=int, default=200_000, help="surface samples per mesh for the metrics")
     p.add_argument("--iou-samples", type=int, default=200_000, help="Monte-Carlo points for the volume IoU")

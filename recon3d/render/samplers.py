@@ -254,15 +254,20 @@ class OccupancyGrid(nn.Module):
                 indices = torch.cat([indices, occupied[pick]])
         jitter = _uniform((indices.numel(), 3), generator, device, self.aabb.dtype)
         points = self._cell_points(indices, jitter)
-        sigma = torch.cat([density_fn(points[i : i + chunk]).reshape(-1).float()
-                           for i in range(0, points.shape[0], chunk)])  # fmt: skip
+        with torch.autocast(device.type, enabled=False):  # densities in float32 even in a bf16 run
+            sigma = torch.cat([density_fn(points[i : i + chunk]).reshape(-1).float()
+                               for i in range(0, points.shape[0], chunk)])  # fmt: skip
         sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e10, neginf=0.0).clamp_min(0.0)
         fresh = torch.zeros(cells, device=device).scatter_reduce(
             0, indices, sigma, reduce="amax", include_self=False
         )
         self.density[indices] = torch.maximum(self.density[indices] * self.decay, fresh[indices])
         limit = min(self.threshold / self.step_size, float(self.density.mean()))
-        self.occupied.copy_(self.density > limit)
+        occupied = self.density > limit
+        if bool(occupied.any()):  # a field with no density anywhere keeps every cell: never cull it all
+            self.occupied.copy_(occupied)
+        else:
+            self.occupied.fill_(True)
 
     def maybe_update(
         self,
