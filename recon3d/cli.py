@@ -6,6 +6,7 @@ warnings go to stderr. Bad input ends with one ``error: …`` line and a non-zer
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -52,6 +53,8 @@ def _command(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"{exc}; try a lower --lr or another --seed", EXIT_ERROR, verbose)
         except MemoryError:
             _fail("out of memory; try a smaller --batch, --resolution or --chunk", EXIT_ERROR, verbose)
+        except OSError as exc:  # reading or writing files outside the readers/atomic writer: still one line
+            _fail(_os_error_message(exc), EXIT_ERROR, verbose)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: still one line
             if type(exc).__name__ == "OutOfMemoryError":
                 _fail("GPU out of memory; try a smaller --batch, --resolution or --chunk", EXIT_ERROR, verbose)
@@ -59,6 +62,14 @@ def _command(func: Callable[..., Any]) -> Callable[..., Any]:
                   EXIT_INTERNAL, verbose)
 
     return wrapper
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``<path>: <strerror>`` (``disk full`` spelt out) for an OSError that escaped the library."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason += ": the disk is full"
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
 
 def _fail(message: str, code: int, verbose: bool) -> None:

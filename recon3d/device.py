@@ -8,6 +8,17 @@ from recon3d.errors import Recon3dError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
+#: torch's GPU out-of-memory error (a RuntimeError subclass; RuntimeError itself on old torch).
+OUT_OF_MEMORY = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+#: out-of-memory retries halve a chunk down to this many points (or rays), then give up.
+MIN_CHUNK = 1024
+
+
+def release_cached_memory(device: torch.device | str) -> None:
+    """Give the CUDA caching allocator's free blocks back before a retry with a smaller chunk."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Map ``auto|cpu|cuda[:N]`` to a torch device, with a clear error when CUDA is absent."""

@@ -6,6 +6,7 @@ An interrupted or failed write never leaves a half-written file where a good one
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +28,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise Recon3dError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
+        raise Recon3dError(f"{path}: cannot write here ({_reason(exc)})") from exc
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -38,8 +39,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise Recon3dError(f"{path}: write failed ({exc.strerror or exc})") from exc
+            raise Recon3dError(f"{path}: write failed ({_reason(exc)})") from exc
         raise
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return f"{reason}: the disk is full" if exc.errno == errno.ENOSPC else reason
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

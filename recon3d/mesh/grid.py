@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from recon3d.device import MIN_CHUNK, OUT_OF_MEMORY, release_cached_memory
 from recon3d.errors import Recon3dError
 
 FieldFn = Callable[[torch.Tensor], torch.Tensor]
@@ -101,13 +102,32 @@ class Sampler:
     queries: int = 0
 
     def evaluate(self, points: torch.Tensor) -> torch.Tensor:
-        """Canonical values at (N, 3) float32 field points."""
-        out = torch.empty(points.shape[0], dtype=torch.float32, device=self.device)
+        """Canonical values at (N, 3) float32 field points.
+
+        On GPU out-of-memory the chunk is halved (down to :data:`MIN_CHUNK`, then the error is raised) and
+        evaluation continues where it stopped; the smaller chunk is kept for later calls.
+        """
+        n = int(points.shape[0])
+        out = torch.empty(n, dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            for start in range(0, points.shape[0], self.chunk):
-                stop = min(start + self.chunk, points.shape[0])
-                out[start:stop] = canonical(self.field_fn(points[start:stop]), self.level, self.sign)
-        self.queries += int(points.shape[0])
+            start = 0
+            while start < n:
+                stop = min(start + self.chunk, n)
+                try:
+                    values = self.field_fn(points[start:stop])
+                except OUT_OF_MEMORY:
+                    if self.chunk <= MIN_CHUNK:
+                        raise
+                    out_of_memory = True
+                else:
+                    out_of_memory = False
+                if out_of_memory:  # outside the except block: the traceback's frames are released
+                    release_cached_memory(self.device)
+                    self.chunk = max(MIN_CHUNK, self.chunk // 2)
+                    continue
+                out[start:stop] = canonical(values, self.level, self.sign)
+                start = stop
+        self.queries += n
         return out
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recon3d.device import MIN_CHUNK, OUT_OF_MEMORY, release_cached_memory
 from recon3d.render.compositing import Composite, composite, composite_packed
 from recon3d.render.rays import Rays, image_rays
 from recon3d.render.samplers import OccupancyGrid, importance_samples, samples_to_intervals, stratified_samples
@@ -88,11 +89,22 @@ def render_image(field: torch.nn.Module, scene, index: int, sampling: Sampling, 
     rays = image_rays(scene, index, device=device).flatten()
     background = torch.tensor(scene.background, dtype=torch.float32, device=device)
     parts: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "opacity": []}
-    for start in range(0, len(rays), chunk):
-        out = render_rays(field, rays[start : start + chunk], sampling, grid, background).result
+    start = 0
+    while start < len(rays):
+        try:
+            out = render_rays(field, rays[start : start + chunk], sampling, grid, background).result
+        except OUT_OF_MEMORY:
+            if chunk <= MIN_CHUNK:
+                raise
+            out = None
+        if out is None:  # GPU out of memory: outside the except block, retry with half the rays
+            release_cached_memory(device)
+            chunk = max(MIN_CHUNK, chunk // 2)
+            continue
         parts["rgb"].append(out.rgb.clamp(0, 1))
         parts["depth"].append(out.expected_depth)
         parts["opacity"].append(out.opacity)
+        start += chunk
     shape = (scene.height, scene.width)
     return {
         "rgb": torch.cat(parts["rgb"]).reshape(*shape, 3).float().cpu().numpy(),
