@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import sys
 import time
 import traceback
@@ -32,6 +33,13 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (GPU when present), cpu 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object with the results on stdout.")
 VerboseOpt = typer.Option(False, "--verbose", help="Show tracebacks for errors.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr.")
+# Shared by every fit-* command (the command-line contract in the README).
+StepsOpt = typer.Option(None, "--steps", help="Step budget \\[default: the preset's for the device].")
+MaxSecondsOpt = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds.")
+LrOpt = typer.Option(None, "--lr", help="Peak learning rate \\[default: the preset's].")
+AmpOpt = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU.")
+SeedOpt = typer.Option(0, "--seed", help="Random seed (sampling and initialisation).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint.")
 
 
 def _command(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,16 +122,16 @@ def fit_sdf_command(
     scan: Path = typer.Argument(..., help="Point cloud: PLY, PCD, XYZ/PTS/TXT, OBJ/OFF vertices, NPZ."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write \\[default: SCAN's name + .pt]."),
     preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (IGR 8×512), siren, fourier."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget \\[default: the preset's for the device]."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds."),
+    steps: Optional[int] = StepsOpt,
+    max_seconds: Optional[float] = MaxSecondsOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Scan points per step \\[default: the preset's]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: the preset's]."),
+    lr: Optional[float] = LrOpt,
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Override the encoding: hashgrid, frequency, fourier, none."),
     normals: str = typer.Option("auto", "--normals", help="auto (the file's, else estimated), estimate, ignore."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU."),
+    amp: bool = AmpOpt,
     device: str = DeviceOpt,
-    seed: int = typer.Option(0, "--seed", help="Random seed (sampling and initialisation)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint."),
+    seed: int = SeedOpt,
+    resume: bool = ResumeOpt,
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -134,9 +142,7 @@ def fit_sdf_command(
     from recon3d.io.checkpoint import load_checkpoint
     from recon3d.io.pointcloud import read_point_cloud
 
-    out = output or Path(scan.stem + ".pt")
-    if not out.parent.is_dir():
-        raise Recon3dError(f"{out}: output folder {out.parent} does not exist")
+    out = _checkpoint_path(output, scan.stem)
     torch_device = resolve_device(device)
     options = SDFOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
                          seed=seed, normals=normals, amp=amp, encoding=encoding)
@@ -156,14 +162,14 @@ def fit_occupancy_command(
     shape: Path = typer.Argument(..., help="Mesh (OBJ, PLY, STL, OFF, GLB) or Occupancy Networks points.npz."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write \\[default: SHAPE's name + .pt]."),
     preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (ONet-style MLP), fourier."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget \\[default: the preset's for the device]."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds."),
+    steps: Optional[int] = StepsOpt,
+    max_seconds: Optional[float] = MaxSecondsOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Labelled points per step \\[default: the preset's]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: the preset's]."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU."),
+    lr: Optional[float] = LrOpt,
+    amp: bool = AmpOpt,
     device: str = DeviceOpt,
-    seed: int = typer.Option(0, "--seed", help="Random seed (sampling and initialisation)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint."),
+    seed: int = SeedOpt,
+    resume: bool = ResumeOpt,
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -174,9 +180,7 @@ def fit_occupancy_command(
     from recon3d.io.checkpoint import load_checkpoint
     from recon3d.io.shape import read_occupancy_input
 
-    out = output or Path(shape.stem + ".pt")
-    if not out.parent.is_dir():
-        raise Recon3dError(f"{out}: output folder {out.parent} does not exist")
+    out = _checkpoint_path(output, shape.stem)
     torch_device = resolve_device(device)
     options = OccupancyOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
                                seed=seed, amp=amp)
@@ -195,16 +199,16 @@ def fit_nerf_command(
     scene: Path = typer.Argument(..., help="Scene folder (transforms_*.json or transforms.json) or a transforms json."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write \\[default: SCENE's name + .pt]."),
     preset: str = typer.Option("fast", "--preset", help="fast (hash grid + occupancy grid, default) or paper (NeRF 8×256, 64+128 samples)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget \\[default: the preset's for the device]."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds."),
+    steps: Optional[int] = StepsOpt,
+    max_seconds: Optional[float] = MaxSecondsOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Rays per step \\[default: the preset's; fast adapts it]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: the preset's]."),
+    lr: Optional[float] = LrOpt,
     downscale: int = typer.Option(1, "--downscale", help="Shrink images by this integer factor at load."),
     white_background: bool = typer.Option(True, "--white-background/--black-background", help="Background the RGBA images are composited on."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU."),
+    amp: bool = AmpOpt,
     device: str = DeviceOpt,
-    seed: int = typer.Option(0, "--seed", help="Random seed (rays and initialisation)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint."),
+    seed: int = SeedOpt,
+    resume: bool = ResumeOpt,
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
@@ -215,9 +219,7 @@ def fit_nerf_command(
     from recon3d.io.checkpoint import load_checkpoint
     from recon3d.io.scene import read_scene
 
-    out = output or Path((scene.stem if scene.suffix == ".json" else scene.name) + ".pt")
-    if not out.parent.is_dir():
-        raise Recon3dError(f"{out}: output folder {out.parent} does not exist")
+    out = _checkpoint_path(output, scene.stem if scene.suffix == ".json" else scene.name)
     torch_device = resolve_device(device)
     options = NerfOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp)
     previous = _resumable(out, load_checkpoint, "nerf") if resume else None
@@ -290,6 +292,17 @@ def render_command(
     summary = {"model": str(model), "scene": str(scene), **result}
     plain = "\n".join(f"{v['view']}  psnr {v['psnr']:.3f}  ssim {v['ssim']:.4f}" for v in result["views"])
     _emit(summary, as_json, plain + f"\nmean  psnr {result['psnr']:.3f}  ssim {result['ssim']:.4f}")
+
+
+def _checkpoint_path(output: Path | None, stem: str) -> Path:
+    """The checkpoint a fit writes (default: the input's name + .pt), checked before any long work."""
+    out = output or Path(stem + ".pt")
+    folder = out.parent
+    if not folder.is_dir():
+        raise Recon3dError(f"{out}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise Recon3dError(f"{out}: output folder {folder} is not writable")
+    return out
 
 
 def _resumable(path: Path, load: Callable[..., dict], kind: str) -> dict:
@@ -422,7 +435,7 @@ def info_command(
 @_command
 def demo_command(
     output: Path = typer.Option(Path("recon3d-demo"), "-o", "--output", help="Folder for the demo's files."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget \\[default: the preset's for the device]."),
+    steps: Optional[int] = StepsOpt,
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="Extraction resolution."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,13 +17,7 @@ BOX = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 SMALL, LARGE = (torch.tensor([0.55, 0.0, 0.0]), 0.25), (torch.tensor([-0.4, 0.0, 0.0]), 0.45)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small workloads: one thread avoids OpenMP oversubscription (10x slower) on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sphere(p: torch.Tensor, centre: torch.Tensor | None = None, radius: float = 0.5) -> torch.Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -36,12 +35,7 @@ STEPS, BATCH, RESOLUTION = 150, 2048, 64
 IOU_BOUND = 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def as_trimesh(mesh: trimesh.Trimesh) -> TriMesh:

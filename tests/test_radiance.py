@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-from typing import Iterator
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ from recon3d.fields.radiance import DEFAULT_DENSITY_LEVEL, RadianceField, radian
 BOX = [[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small workloads on a shared 2-core box: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_fast(aabb=BOX) -> dict:
