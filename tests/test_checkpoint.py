@@ -26,13 +26,7 @@ def make_cloud():
     return sample_sphere(N_POINTS, radius=2.0, center=(10.0, -3.0, 1.0), seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on this shared 2-core box, 2 threads under load are 5-15x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

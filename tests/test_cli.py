@@ -57,13 +57,7 @@ def assert_one_error_line(result, *fragments: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on this shared 2-core box, 2 threads under load are 5-15x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ fixtures

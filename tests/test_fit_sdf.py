@@ -59,13 +59,7 @@ SPHERE_VOLUME = 4.0 / 3.0 * math.pi
 TORUS_VOLUME = 2.0 * math.pi**2 * MAJOR * MINOR**2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on this shared 2-core box, 2 threads under load are 5-15x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -57,12 +57,7 @@ def no_temporaries(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ inputs
