@@ -25,7 +25,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._stamp import code_stamp  # noqa: E402
 from recon3d.device import resolve_device, synchronize  # noqa: E402
 from recon3d.fit.normalize import to_field  # noqa: E402
 from recon3d.fit.occupancy import PRESETS, OccupancyOptions, clean_mesh, fit_occupancy, prepare_mesh  # noqa: E402
@@ -426,20 +426,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
         info["cuda"] = torch.version.cuda
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                            text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        info["git_dirty"] = bool(dirty)
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
-    try:
-        from recon3d import __version__
-
-        info["recon3d"] = __version__
-    except ImportError:
-        pass
+    info.update(code_stamp())
     return info
 
 

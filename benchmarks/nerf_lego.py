@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._stamp import code_stamp  # noqa: E402
 from recon3d.device import resolve_device, synchronize  # noqa: E402
 from recon3d.fit.nerf import NerfOptions, fit_nerf, load_nerf  # noqa: E402
 from recon3d.io.checkpoint import load_checkpoint  # noqa: E402
@@ -41,11 +41,7 @@ def log(message: str) -> None:
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - the device copy may have no git
-        return "unknown"
+    return code_stamp().get("git_commit") or "unknown"
 
 
 def hardware(device: torch.device) -> str:

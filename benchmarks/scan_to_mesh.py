@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._stamp import code_stamp  # noqa: E402
 from recon3d.errors import Recon3dError  # noqa: E402
 from recon3d.io.mesh import read_mesh  # noqa: E402
 from recon3d.io.pointcloud import read_point_cloud, write_point_cloud  # noqa: E402
@@ -389,20 +390,7 @@ def environment() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception as exc:  # noqa: BLE001
         info["torch_error"] = str(exc)
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                            text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        info["git_dirty"] = bool(dirty)
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
-    try:
-        from recon3d import __version__
-
-        info["recon3d"] = __version__
-    except ImportError:
-        pass
+    info.update(code_stamp())
     return info
 
 
