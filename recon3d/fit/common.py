@@ -4,6 +4,7 @@ checkpoint dictionary and the --json summary. A method only adds its sampler, lo
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,19 @@ HASHGRID = {
     "cpu": {"type": "hashgrid", "n_levels": 12, "n_features": 2, "log2_table_size": 17,
             "base_resolution": 16, "max_resolution": 1024},
 }
+
+
+@dataclass
+class FitOptions:
+    """What the user asked any fit-* for; None means the preset's default for the device."""
+
+    preset: str = "fast"
+    steps: int | None = None
+    max_seconds: float | None = None
+    batch: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    amp: bool = False
 
 
 def pick(table: dict, device: torch.device) -> Any:

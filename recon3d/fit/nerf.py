@@ -28,8 +28,8 @@ from recon3d.console import info
 from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.radiance import DEFAULT_DENSITY_LEVEL, radiance_preset
-from recon3d.fit.common import (checkpoint_dict, make_batch, make_settings, pick, plain_settings,
-                                resumed_settings, summarize)
+from recon3d.fit.common import (FitOptions, checkpoint_dict, make_batch, make_settings, pick,
+                                plain_settings, resumed_settings, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.io.checkpoint import save_checkpoint
 from recon3d.io.scene import Scene
@@ -61,16 +61,10 @@ _CPU_HASHGRID = {"n_levels": 12, "log2_table_size": 17, "max_resolution": 1024}
 
 
 @dataclass
-class NerfOptions:
-    """What the user asked for; None means the preset's default for the device."""
+class NerfOptions(FitOptions):
+    """fit-nerf's options: the common ones (batch = rays per step, adapted by the fast preset) and
+    training on random backgrounds."""
 
-    preset: str = "fast"
-    steps: int | None = None
-    max_seconds: float | None = None
-    batch: int | None = None  # rays per step (the fast preset adapts it toward target_samples)
-    lr: float | None = None
-    seed: int = 0
-    amp: bool = False
     random_background: bool = True
 
 

@@ -26,8 +26,8 @@ import torch
 from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
-from recon3d.fit.common import (HASHGRID, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
-                                resumed_settings, summarize)
+from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
+                                plain_settings, resumed_settings, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.io.checkpoint import save_checkpoint
@@ -73,16 +73,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class OccupancyOptions:
-    """What the user asked for; None means the preset's default for the device."""
-
-    preset: str = "fast"
-    steps: int | None = None
-    max_seconds: float | None = None
-    batch: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    amp: bool = False
+class OccupancyOptions(FitOptions):
+    """fit-occupancy's options: the common ones (batch = labelled points per step)."""
 
 
 Labeller = Callable[[torch.Tensor], torch.Tensor]

@@ -33,8 +33,8 @@ from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.implicit import gradient
-from recon3d.fit.common import (HASHGRID, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
-                                resumed_settings, summarize)
+from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
+                                plain_settings, resumed_settings, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.fit.normals import neighbourhood, orient_normals
@@ -97,17 +97,10 @@ FAR_SLACK = 0.05
 
 
 @dataclass
-class SDFOptions:
-    """What the user asked for; None means the preset's default for the device."""
+class SDFOptions(FitOptions):
+    """fit-sdf's options: the common ones, how to treat normals, and an encoding override."""
 
-    preset: str = "fast"
-    steps: int | None = None
-    max_seconds: float | None = None
-    batch: int | None = None
-    lr: float | None = None
-    seed: int = 0
     normals: str = "auto"
-    amp: bool = False
     encoding: str | None = None  # override the preset's encoding type
 
 
