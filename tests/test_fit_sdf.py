@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 from typer.testing import CliRunner
 
 from recon3d.cli import app
 from recon3d.fit.normalize import to_field
-from recon3d.fit.sdf import PRESETS, SDFOptions, fit_sdf
+from recon3d.fit import normals as normals_module
+from recon3d.fit.normals import neighbourhood, orient_normals
+from recon3d.fit.sdf import PRESETS, SDFOptions, fit_sdf, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.pointcloud import read_point_cloud, write_point_cloud
 from recon3d.mesh.from_field import MeshOptions, load_field, mesh_from_checkpoint
@@ -257,6 +260,36 @@ def test_millimetre_scan_comes_back_in_millimetres(work):
     assert abs(volume - SPHERE_VOLUME * MM_SCALE**3) / (SPHERE_VOLUME * MM_SCALE**3) < VOLUME_TOLERANCE
     radial = np.linalg.norm(mesh.vertices - MM_OFFSET, axis=1)
     assert np.abs(radial - MM_SCALE).max() < 0.02 * size
+
+
+# ------------------------------------------------------------------------------------ normals
+
+
+def test_pca_runs_only_when_normals_are_estimated(monkeypatch):
+    """File normals (auto) or none (ignore): only the neighbour query runs, the spacing is unchanged."""
+    cloud = sample_sphere(2000, seed=3)
+    reference = prepare_scan(cloud, "estimate", CPU, "sphere")  # the PCA path, before it is disabled
+    points = reference.points.numpy()
+    pca, spacing, ids = neighbourhood(points)
+    assert reference.origin == "estimated"
+    np.testing.assert_array_equal(reference.normals.numpy(), orient_normals(points, pca, ids))
+    expected_sigma = np.clip(cKDTree(points).query(points, k=16)[0][:, -1], 1e-4, 0.05).astype(np.float32)
+    np.testing.assert_array_equal(reference.sigma.numpy(), expected_sigma)
+
+    def no_pca(*args, **kwargs):
+        raise AssertionError("normals were estimated although they are not used")
+
+    monkeypatch.setattr(normals_module, "pca_normals", no_pca)
+    from_file = prepare_scan(cloud, "auto", CPU, "sphere")
+    assert from_file.origin == "file"
+    np.testing.assert_array_equal(from_file.normals.numpy(), cloud.normals.astype(np.float32))
+    ignored = prepare_scan(cloud, "ignore", CPU, "sphere")
+    assert ignored.origin == "none" and ignored.normals is None
+    for scan in (from_file, ignored):
+        np.testing.assert_array_equal(scan.points.numpy(), points)
+        np.testing.assert_array_equal(scan.sigma.numpy(), reference.sigma.numpy())
+    with pytest.raises(AssertionError, match="normals were estimated"):  # the patch does guard the PCA
+        prepare_scan(PointCloud(points=cloud.points), "auto", CPU, "sphere")
 
 
 # ------------------------------------------------------------------------------------ presets

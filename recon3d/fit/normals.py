@@ -17,20 +17,30 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components, mini
 from scipy.spatial import cKDTree
 
 
-def neighbourhood(points: np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (unoriented unit normals (N,3) float32, k-th neighbour distance (N,), neighbour ids (N,k))."""
+def neighbourhood(points: np.ndarray, k: int = 16,
+                  pca: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Return (unoriented unit normals (N,3) float32, k-th neighbour distance (N,), neighbour ids (N,k)).
+
+    With ``pca=False`` only the neighbour query runs (the spacing is all a scan with its own normals, or
+    one fitted without normals, needs) and the normals are None.
+    """
     k = int(min(k, len(points)))
     tree = cKDTree(points)
     dist, idx = tree.query(points, k=k, workers=-1)
+    normals = pca_normals(points, idx) if pca else None
+    return normals, dist[:, -1].astype(np.float32), idx
+
+
+def pca_normals(points: np.ndarray, neighbours: np.ndarray, chunk: int = 200_000) -> np.ndarray:
+    """(N,3) float32 unoriented unit normals: the least-variance axis of each point's neighbours (N,k)."""
     normals = np.empty((len(points), 3), dtype=np.float32)
-    chunk = 200_000
     for start in range(0, len(points), chunk):
-        nb = points[idx[start:start + chunk]]  # (n, k, 3)
+        nb = points[neighbours[start:start + chunk]]  # (n, k, 3)
         centred = nb - nb.mean(axis=1, keepdims=True)
         cov = np.einsum("nki,nkj->nij", centred, centred)
         _, vecs = np.linalg.eigh(cov)
         normals[start:start + chunk] = vecs[:, :, 0]
-    return normals, dist[:, -1].astype(np.float32), idx
+    return normals
 
 
 def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

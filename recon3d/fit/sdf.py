@@ -155,13 +155,15 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     if float(np.ptp(points, axis=0).min()) < 1e-6:
         warn(f"{source}: the points are flat (zero extent along one axis); the surface will be a thin shell")
     t0 = time.perf_counter()
-    pca_normals, spacing, neighbours = neighbourhood(points)
-    normals, origin = None, "none"
-    if normals_mode != "ignore":
-        if cloud.normals is not None and normals_mode == "auto":
-            normals, origin = cloud.normals.astype(np.float32), "file"
-        else:
-            normals, origin = orient_normals(points, pca_normals, neighbours), "estimated"
+    origin = "none" if normals_mode == "ignore" else (
+        "file" if cloud.normals is not None and normals_mode == "auto" else "estimated")
+    # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
+    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated")
+    normals = None
+    if origin == "file":
+        normals = cloud.normals.astype(np.float32)
+    elif origin == "estimated":
+        normals = orient_normals(points, unoriented, neighbours)
     info(f"{source}: {len(points):,} points, normals: {NORMAL_ORIGINS[origin]} ({time.perf_counter() - t0:.1f} s)")
     sigma = np.clip(spacing, 1e-4, 0.05)
     grid = distance_grid(points)
