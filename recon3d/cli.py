@@ -337,6 +337,7 @@ def extract_mesh_command(
     refine: int = typer.Option(0, "--refine", help="Newton steps moving vertices onto the level along the gradient (0: off)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
     normals: str = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
+    marching: str = typer.Option("table", "--marching-cubes", help="table (all cells at once, on the device) or lewiner (scikit-image, CPU)."),
     chunk: int = typer.Option(2**18, "--chunk", help="Points per field evaluation."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
@@ -364,11 +365,14 @@ def extract_mesh_command(
         raise Recon3dError("--refine must be between 0 and 10")
     if normals not in ("field", "mesh", "none"):
         raise Recon3dError(f"--normals {normals}: choose field, mesh or none")
+    if marching not in ("table", "lewiner"):
+        raise Recon3dError(f"--marching-cubes {marching}: choose table or lewiner")
     checkpoint = load_checkpoint(model)
     torch_device = resolve_device(device)
     start = time.perf_counter()
     options = MeshOptions(resolution=resolution, level=level, method="dense" if method == "dense" else "sparse",
-                          largest_component=largest_component, normals=normals, chunk=chunk, refine=refine)
+                          largest_component=largest_component, normals=normals, chunk=chunk, refine=refine,
+                          marching_cubes=marching)
     mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
     if mesh.n_faces == 0:
         raise Recon3dError(f"{model}: the field has no surface at level {stats['level']} inside its bounds")

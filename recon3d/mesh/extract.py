@@ -1,8 +1,9 @@
 """Closed triangle meshes from implicit fields (SDF, occupancy, density): :func:`extract_mesh`.
 
-Pipeline: sample the field (dense grid, or coarse-to-fine blocks near the surface) → Lewiner marching
-cubes on canonical values → weld and clean → optional largest component → vertex normals. The lattice is
-padded with an outside value, so the mesh is closed even where the surface leaves the box.
+Pipeline: sample the field (dense grid, or coarse-to-fine blocks near the surface) → marching cubes on
+canonical values, on the field's device (:mod:`recon3d.mesh.cubes`; scikit-image's Lewiner per block +
+weld as the reference, ``marching="lewiner"``) → optional largest component → vertex normals. The
+lattice is padded with an outside value, so the mesh is closed even where the surface leaves the box.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import numpy as np
 import torch
 
 from recon3d.errors import Recon3dError
-from recon3d.mesh import marching
+from recon3d.mesh import cubes, marching
 from recon3d.mesh.grid import FieldFn, Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
 from recon3d.types import TriMesh
 
 _INSIDE = {"below": 1.0, "above": -1.0}  # canonical sign: u = sign * (f - level) is > 0 outside
 _METHODS = ("sparse", "dense")
 _NORMALS = ("field", "mesh", "none")
+MARCHING = ("table", "lewiner")
 _DIFF_STEP = 0.5  # central-difference step in cells, used when the field is not differentiable
 
 
@@ -51,6 +53,7 @@ def extract_mesh(
     lipschitz: float | None = None,
     progress: ProgressFn | None = None,
     refine: int = 0,
+    marching_cubes: str = "table",
 ) -> ExtractResult:
     """Extract the closed surface ``f = level`` of ``field_fn`` inside ``bounds``.
 
@@ -63,10 +66,13 @@ def extract_mesh(
     autograd or central differences), ``"mesh"`` (area-weighted faces) or ``"none"``. ``refine`` Newton
     steps move each vertex along the field's gradient onto ``f = level`` (at most half a cell in all),
     which sharpens fields that are far from linear across a cell, such as occupancy logits.
-    ``progress`` is called as ``progress(stage, fraction)``.
+    ``marching_cubes``: ``"table"`` (all cells at once on ``device``, asymptotic decider on faces) or
+    ``"lewiner"`` (scikit-image, block by block on the CPU, then welded). ``progress`` is called as ``progress(stage, fraction)``.
     """
     start = time.perf_counter()
     _check_options(inside, method, normals, chunk, lipschitz)
+    if marching_cubes not in MARCHING:
+        raise Recon3dError(f"marching cubes must be one of {list(MARCHING)}, got {marching_cubes!r}")
     if int(refine) < 0:
         raise Recon3dError(f"refine must be 0 or more steps, got {refine}")
     lattice = Lattice.from_bounds(bounds, resolution)
@@ -76,9 +82,14 @@ def extract_mesh(
         sampled = sample_dense(sampler, progress) if method == "dense" else sample_sparse(sampler, lipschitz, progress)
     lattice_queries = sampler.queries
     with _timed(seconds, "marching_cubes"):
-        verts, faces = marching.triangulate_blocks(sampled.values, sampled.origins, progress)
+        if marching_cubes == "table":
+            verts, faces = cubes.triangulate(sampled.values, sampled.origins, sampled.dims())
+            if progress is not None:
+                progress("marching_cubes", 1.0)
+        else:
+            values, origins = sampled.values.cpu().numpy(), sampled.origins.cpu().numpy()
+            verts, faces = marching.weld(*marching.triangulate_blocks(values, origins, progress))
     with _timed(seconds, "cleanup"):
-        verts, faces = marching.weld(verts, faces)
         if largest_component:
             verts, faces = marching.largest_component(verts, faces)
     vertices = lattice.to_field(verts)

@@ -25,6 +25,7 @@ class MeshOptions:
     normals: str = "field"
     chunk: int = 2**18
     refine: int = 0  # Newton steps moving vertices onto the level (opt-in)
+    marching_cubes: str = "table"  # "table" (torch, on the device) or "lewiner" (scikit-image, CPU)
 
 
 def logit(tau: float) -> float:
@@ -79,6 +80,7 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
         inside=inside, method=options.method, device=device, chunk=options.chunk,
         largest_component=options.largest_component, normals=options.normals,
         lipschitz=1.0 if checkpoint["kind"] == "sdf" else None, progress=progress, refine=refine,
+        marching_cubes=options.marching_cubes,
     )
     mesh = result.mesh
     if is_radiance and mesh.n_vertices:

@@ -142,8 +142,14 @@ class Sampler:
 class Blocks:
     """Blocks of ``b³`` cells (``b = BLOCK``) whose ``(b+1)³`` vertex values are exact (or padding)."""
 
-    origins: np.ndarray  # (K, 3) int64 padded index of each block's first vertex
-    values: np.ndarray  # (K, b+1, b+1, b+1) float32 canonical values
+    origins: torch.Tensor  # (K, 3) int64 padded index of each block's first vertex
+    values: torch.Tensor  # (K, b+1, b+1, b+1) float32 canonical values (on the sampler's device)
+
+    def dims(self) -> list[int]:
+        """Vertex counts per axis of a padded grid that holds every block (bounds for integer keys)."""
+        if len(self.origins) == 0:
+            return [1, 1, 1]
+        return (self.origins.max(0).values + self.values.shape[1]).tolist()
 
 
 def sample_dense(sampler: Sampler, progress: ProgressFn | None = None, block: int = BLOCK) -> Blocks:
@@ -166,7 +172,8 @@ def sample_dense(sampler: Sampler, progress: ProgressFn | None = None, block: in
     for x in range(0, shape[0], slabs):
         part = flat.view(shape)[x : x + slabs].cpu().numpy()
         volume[1 + x : 1 + x + len(part), 1 : shape[1] + 1, 1 : shape[2] + 1] = part
-    return _mixed_blocks(volume, block)
+    mixed = _mixed_blocks(volume, block)
+    return Blocks(mixed.origins.to(sampler.device), mixed.values.to(sampler.device))
 
 
 def _padded_cells(lattice: Lattice, quantum: int) -> list[int]:
@@ -182,7 +189,7 @@ def _mixed_blocks(volume: np.ndarray, block: int) -> Blocks:
         all_outside = _reduce_windows(all_outside, axis, block, np.logical_and)
     mixed = any_outside & ~all_outside
     values = sliding_window_view(volume, (block + 1,) * 3)[::block, ::block, ::block][mixed]
-    return Blocks(np.argwhere(mixed) * block, np.ascontiguousarray(values))
+    return Blocks(torch.from_numpy(np.argwhere(mixed) * block), torch.from_numpy(np.ascontiguousarray(values)))
 
 
 def _reduce_windows(a: np.ndarray, axis: int, block: int, op: np.ufunc) -> np.ndarray:
@@ -368,8 +375,9 @@ def _close_blocks(sampler: Sampler, codec: _Codec, store: _Store, seeds: torch.T
         if new.shape[0] > 0:  # shared vertices must keep the values already used
             store = store.add(keys[missing], values[missing])
     if not origins:
-        return Blocks(np.zeros((0, 3), np.int64), np.zeros((0,) + (block + 1,) * 3, np.float32))
-    return Blocks(torch.cat(origins).cpu().numpy(), torch.cat(volumes).cpu().numpy())
+        empty = torch.zeros((0,) + (block + 1,) * 3, dtype=torch.float32, device=sampler.device)
+        return Blocks(torch.zeros((0, 3), dtype=torch.int64, device=sampler.device), empty)
+    return Blocks(torch.cat(origins), torch.cat(volumes))
 
 
 def _crossed_neighbours(blocks: torch.Tensor, volumes: torch.Tensor, counts: list[int]) -> torch.Tensor:
