@@ -2,14 +2,22 @@
 
 stdout carries results only (written paths, or one JSON object with --json); progress, logs and
 warnings go to stderr. Bad input ends with one ``error: …`` line and a non-zero exit code.
+
+Interruption: Ctrl-C (SIGINT) and SIGTERM are treated alike, and exit with 130 either way. During
+training (recon3d.fit.loop) the first one stops the run after the current step and a resumable
+checkpoint is written; anywhere else (reading inputs, writing outputs) SIGTERM raises
+KeyboardInterrupt as Ctrl-C does, so the command ends with ``error: interrupted`` and every atomic
+writer removes its temporary file instead of the process dying with a half-written one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -50,7 +58,8 @@ def _command(func: Callable[..., Any]) -> Callable[..., Any]:
         verbose = bool(kwargs.get("verbose"))
         set_quiet(bool(kwargs.get("quiet")))
         try:
-            return func(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except Recon3dError as exc:
@@ -70,6 +79,25 @@ def _command(func: Callable[..., Any]) -> Callable[..., Any]:
                   EXIT_INTERNAL, verbose)
 
     return wrapper
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while a command runs (the training loop overrides this with
+    its stop flag while it trains), so termination cleans up like Ctrl-C; the old handler comes back."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _os_error_message(exc: OSError) -> str:

@@ -324,8 +324,9 @@ def test_same_seed_same_checkpoint_other_seed_differs(work, sphere_scan):
     assert not state_dicts_equal(a["state_dict"], c["state_dict"])
 
 
-def _run_until_step(args: list[str], min_step: int, total: int, timeout: float = 300.0):
-    """Start the CLI, send SIGINT once its progress bar shows ≥ min_step.
+def _run_until_step(args: list[str], min_step: int, total: int, timeout: float = 300.0,
+                    sig: int = signal.SIGINT):
+    """Start the CLI, send ``sig`` (Ctrl-C's SIGINT by default) once its progress bar shows ≥ min_step.
 
     Returns (exit code, stdout, stderr, whether the signal was sent)."""
     env = dict(os.environ, FORCE_COLOR="1", TTY_COMPATIBLE="1", COLUMNS="120",
@@ -352,7 +353,7 @@ def _run_until_step(args: list[str], min_step: int, total: int, timeout: float =
         seen.wait(0.05)
     if proc.poll() is None:
         if seen.is_set():
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, sig)
         else:  # no progress in time: do not hang the suite
             proc.kill()
     try:
@@ -366,12 +367,14 @@ def _run_until_step(args: list[str], min_step: int, total: int, timeout: float =
     return proc.returncode, out.decode(), b"".join(err_chunks).decode(errors="replace"), seen.is_set()
 
 
-def test_interrupt_then_resume_equals_uninterrupted_run(work, sphere_scan, sphere_fit):
-    """SIGINT → exit 130 and a resumable checkpoint; --resume finishes bit-identical to one run."""
-    out = work / "interrupted.pt"
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_then_resume_equals_uninterrupted_run(work, sphere_scan, sphere_fit, sig):
+    """Ctrl-C (SIGINT) or SIGTERM (what schedulers and ``kill`` send) → exit 130 for either, a resumable
+    checkpoint; --resume finishes bit-identical to one run."""
+    out = work / f"interrupted_{sig.name}.pt"
     rc, stdout, stderr, signalled = _run_until_step(
         ["fit-sdf", str(sphere_scan), "-o", str(out), "--steps", str(SPHERE_STEPS), "--batch", str(BATCH),
-         "--seed", "0", "--device", "cpu"], min_step=20, total=SPHERE_STEPS)
+         "--seed", "0", "--device", "cpu"], min_step=20, total=SPHERE_STEPS, sig=sig)
     assert signalled, f"never saw progress ≥ 20 (rc {rc}); stderr: {stderr[-2000:]}"
     assert rc == 130, stderr[-2000:]
     assert stdout.strip() == str(out)

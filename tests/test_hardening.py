@@ -379,6 +379,54 @@ def test_full_disk_cli(command, work, scan, sdf_model, monkeypatch):
     assert [p.name for p in folder.iterdir()] == [out.name] and out.read_bytes() == b"precious"
 
 
+# ------------------------------------------------------------------------------------ SIGTERM
+
+
+#: Runs the CLI in a fresh interpreter after patching one function to send SIGTERM to the process
+#: itself: while the input is read, or while the output is written (inside the atomic writer).
+_SIGTERM_SCRIPT = """
+import os, signal, sys
+import recon3d.io.pointcloud as pointcloud
+phase = sys.argv.pop(1)
+
+def terminating(real):
+    def call(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    return call
+
+if phase == "read":
+    pointcloud.read_point_cloud = terminating(pointcloud.read_point_cloud)
+else:
+    os.fsync = terminating(os.fsync)
+from recon3d.cli import main
+sys.argv[0] = "recon3d"
+main()
+"""
+
+
+@pytest.mark.parametrize("phase", ["read", "write"])
+def test_sigterm_outside_training_is_one_error_line_and_no_temporary(phase, work, scan):
+    """SIGTERM while reading or writing (not training) ends like Ctrl-C: ``error: interrupted``, exit
+    130, the old output untouched and no temporary file (the default action would kill the process
+    mid-write and leave one behind)."""
+    import subprocess
+    import sys
+
+    folder = work / f"sigterm_{phase}"
+    folder.mkdir()
+    out = folder / "model.pt"
+    out.write_bytes(b"precious")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_SCRIPT, phase, "fit-sdf", str(scan), "-o", str(out),
+                           *CPU_FIT], capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+    assert proc.returncode == 130, f"exit {proc.returncode}; stderr: {proc.stderr!r}"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: interrupted"] and "Traceback" not in proc.stderr, proc.stderr
+    assert [p.name for p in folder.iterdir()] == [out.name] and out.read_bytes() == b"precious"
+
+
 # ------------------------------------------------------------------------------------ GPU out of memory
 
 

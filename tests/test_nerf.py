@@ -8,6 +8,7 @@ the bounds were set from measurements with a wide margin and an untrained field 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -130,3 +131,35 @@ def test_paper_preset_trains_with_hierarchical_sampling(scene_dir: Path, tmp_pat
     assert "grid" not in checkpoint and np.isfinite(summary["loss"])
     field, grid, sampling = load_nerf(checkpoint, CPU)
     assert grid is None and sampling.coarse == 64 and sampling.fine == 128
+
+
+def test_sigterm_then_resume_equals_one_run(scene_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM mid-run writes a resumable checkpoint (field, occupancy grid, adapted ray count, optimiser,
+    generator); resuming it ends with the weights and grid of one uninterrupted run."""
+    scene = read_scene(scene_dir, "train", keep_alpha=True)
+    options = NerfOptions(steps=33, seed=0)
+    reference = tmp_path / "reference.pt"
+    fit_nerf(scene, options, reference, CPU, show_progress=False)
+
+    class Terminated(nerf.NerfStep):
+        def __call__(self, step, gen):
+            if step == 17:  # after the grid updates of steps 0 and 16; the one at 32 comes after the resume
+                signal.raise_signal(signal.SIGTERM)
+            return super().__call__(step, gen)
+
+    out = tmp_path / "resumed.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(nerf, "NerfStep", Terminated)
+        summary = fit_nerf(scene, options, out, CPU, show_progress=False)
+    interrupted = load_checkpoint(out)
+    assert summary["stopped_by"] == "interrupt" and not summary["complete"]
+    assert interrupted["train"]["steps"] == 18 and "resume" in interrupted
+    fit_nerf(scene, options, out, CPU, show_progress=False, resume=interrupted)
+    resumed, expected = load_checkpoint(out), load_checkpoint(reference)
+    assert resumed["train"]["complete"] and resumed["train"]["steps"] == 33 and "resume" not in resumed
+    assert resumed["train"]["rays_per_step"] == expected["train"]["rays_per_step"]
+    for part in ("state_dict", "grid"):
+        assert resumed[part].keys() == expected[part].keys()
+        for key, value in expected[part].items():
+            assert torch.equal(resumed[part][key], value), (part, key, (resumed[part][key].float() - value.float()).abs().max())
+    assert resumed["train"]["history"] == expected["train"]["history"]
