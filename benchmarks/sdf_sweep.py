@@ -4,12 +4,17 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 
     python benchmarks/sdf_sweep.py --data data --out results.json \
         --case gargoyle --case gargoyle:nonormals --case spot:200k \
-        --config fast:steps=2000 --config fast:steps=1000,batch=65536
+        --config fast:steps=2000 --config fast:steps=1000,batch=65536 \
+        --config fast:enc.max_resolution=4096,loss.eikonal=0.05
+
+Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
+configuration only (values on every device); other keys are fit-sdf options.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from recon3d.device import resolve_device, synchronize
+from recon3d.fit import sdf as sdf_fit
 from recon3d.fit.sdf import SDFOptions, fit_sdf
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.mesh import read_mesh
@@ -57,6 +63,23 @@ def parse_config(spec: str) -> tuple[str, dict]:
     return preset, kwargs
 
 
+def patched_preset(preset: str, kwargs: dict) -> str:
+    """Register a copy of ``preset`` with the ``enc.``/``mlp.``/``loss.`` keys of kwargs applied (popped)."""
+    patches = {k: kwargs.pop(k) for k in list(kwargs) if k.split(".")[0] in ("enc", "mlp", "loss")}
+    if not patches:
+        return preset
+    patched = copy.deepcopy(sdf_fit.PRESETS[preset])
+    for key, value in patches.items():
+        part, name = key.split(".", 1)
+        if part == "loss":
+            patched["loss"][name] = float(value)
+        else:
+            for field in patched["field"].values():
+                field["encoding" if part == "enc" else "mlp"][name] = value
+    sdf_fit.PRESETS["sweep"] = patched
+    return "sweep"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path("data"))
@@ -75,7 +98,7 @@ def main() -> None:
         for config in args.config:
             preset, kwargs = parse_config(config)
             mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution",) if k in kwargs}
-            options = SDFOptions(preset=preset, **kwargs)
+            options = SDFOptions(preset=patched_preset(preset, kwargs), **kwargs)
             ckpt = args.work / "model.pt"
             t0 = time.perf_counter()
             fit = fit_sdf(cloud, options, ckpt, device, source=name, show_progress=False)
@@ -91,7 +114,7 @@ def main() -> None:
             rows.append(row)
             print(f"{name:28s} {config:40s} fit {t1 - t0:6.1f}s ext {t2 - t1:5.2f}s CD {metrics['chamfer_l1'] * 100:.4f}% "
                   f"F0.5 {metrics['fscore@0.5%']:.3f} F1 {metrics['fscore@1%']:.3f} NC {metrics['normal_consistency'] or 0:.3f} "
-                  f"WT {metrics['watertight']}", file=sys.stderr, flush=True)
+                  f"acc {metrics['accuracy'] * 100:.4f} comp {metrics['completeness'] * 100:.4f} WT {metrics['watertight']}", file=sys.stderr, flush=True)
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=1, default=str))
     print("\n| case | config | points | fit s | extract s | CD-L1 % | F@0.5% | F@1% | NC | watertight |")

@@ -221,11 +221,11 @@ def _active_cells(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     """Cells with both signs in (K, b+1, b+1, b+1) blocks: flat cell ids (block-major, C order), their
     corner sign cases (bit k: corner k inside) and their (M, 8) corner values."""
     b, n = values.shape[1] - 1, values.shape[1]
-    inside = (values <= 0).to(torch.uint8)
-    case = torch.zeros((len(values), b, b, b), dtype=torch.uint8, device=values.device)
-    for k, (x, y, z) in enumerate(CORNERS):
-        case |= inside[:, x : x + b, y : y + b, z : z + b] << k
-    case = case.view(-1)
+    case = (values <= 0).to(torch.uint8)  # corner k = 4x + 2y + z contributes 2^k, one axis at a time
+    case = case[..., :-1] + 2 * case[..., 1:]
+    case = case[:, :, :-1] + 4 * case[:, :, 1:]
+    case = case[:, :-1] + 16 * case[:, 1:]
+    case = case.reshape(-1)
     active = torch.nonzero((case != 0) & (case != 255)).squeeze(1)
     block, local = active // b**3, active % b**3
     first = block * n**3 + (local // (b * b)) * n * n + ((local // b) % b) * n + local % b
