@@ -2,7 +2,8 @@
 
 Every case ends in exactly one ``error: …`` line on stderr naming the file, exit code 1 and the output
 path untouched (absent, or byte-identical when it existed). Also: read-only output folders, a full disk,
-GPU out-of-memory retries with smaller chunks (simulated on the CPU) and fuzzed readers.
+SIGTERM while reading or writing, GPU out-of-memory retries with smaller chunks (extraction, rendering,
+vertex colours; simulated on the CPU) and fuzzed readers.
 """
 
 from __future__ import annotations
@@ -498,6 +499,72 @@ def test_render_image_retries_with_smaller_chunks_on_oom(work, tiny_nerf, monkey
     assert failing.failures > 0 and set(failing.sizes) == {1024, 256}  # 2304 = 2 x 1024 + 256
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+
+
+def test_map_in_chunks_halves_on_oom_keeps_order_and_raises_at_the_floor(monkeypatch):
+    from recon3d import device
+
+    released = []
+    monkeypatch.setattr(device, "release_cached_memory", released.append)
+    data = torch.arange(10_000)
+    double = _FailsAbove(lambda piece: piece * 2, 3000)
+    parts, chunk = device.map_in_chunks(lambda start, stop: double(data[start:stop]), len(data), 8192, "cpu")
+    assert torch.equal(torch.cat(parts), data * 2)
+    assert double.failures == 2 and double.sizes == [2048] * 4 + [1808] and chunk == 2048  # 8192 -> 4096 -> 2048
+    assert released == ["cpu", "cpu"]
+    assert device.map_in_chunks(lambda start, stop: 1 / 0, 0, 8192, "cpu") == ([], 8192)
+    hopeless = _FailsAbove(lambda piece: piece, 10)
+    with pytest.raises(OOM):
+        device.map_in_chunks(lambda start, stop: hopeless(data[start:stop]), len(data), 8192, "cpu", min_chunk=512)
+    assert hopeless.failures == 5 and not hopeless.sizes  # 8192, 4096, 2048, 1024, then 512 is the floor
+    errors = []
+    with pytest.raises(ZeroDivisionError):  # other errors pass through at once
+        device.map_in_chunks(lambda start, stop: errors.append(start) or 1 / 0, len(data), 8192, "cpu")
+    assert errors == [0]
+
+
+def test_vertex_colors_retry_with_smaller_chunks_on_oom(tiny_nerf):
+    from recon3d.device import MIN_CHUNK
+    from recon3d.mesh.from_field import load_field, vertex_colors
+
+    checkpoint = load_checkpoint(tiny_nerf)
+    field = load_field(checkpoint, torch.device("cpu"))
+    lo, hi = np.asarray(checkpoint["bounds"])
+    vertices = lo + np.random.default_rng(0).random((5000, 3)) * (hi - lo)
+    expected = vertex_colors(field, vertices, torch.device("cpu"), chunk=2**16)  # 4096 vertices per call
+    failing = field.color = _FailsAbove(field.color, 1500)
+    got = vertex_colors(field, vertices, torch.device("cpu"), chunk=2**16)
+    assert failing.failures == 2 and set(failing.sizes) == {1024, 904}  # 4096 -> 2048 -> 1024; 5000 = 4 x 1024 + 904
+    # the same colours; a batch-size-dependent rounding of the last float bit may move one uint8 step
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    hopeless = field.color = _FailsAbove(failing.fn, 10)
+    with pytest.raises(OOM):
+        vertex_colors(field, vertices, torch.device("cpu"), chunk=2**16)
+    # 4096 ... 64 vertices: the floor is MIN_CHUNK field points, 16 per vertex (14 view directions)
+    assert hopeless.failures == 7 and MIN_CHUNK // 16 == 64
+
+
+def test_extract_mesh_of_a_radiance_field_out_of_memory_is_one_error_line(work, tiny_nerf, monkeypatch):
+    """Colouring that runs out of GPU memory even at the smallest chunk: one error line, no mesh."""
+    from recon3d.fields.radiance import RadianceField
+
+    lo, hi = torch.tensor(load_checkpoint(tiny_nerf)["bounds"], dtype=torch.float32)
+    centre, radius = (lo + hi) / 2, 0.3 * float((hi - lo).min())
+    # a ball of density: the 2-step field has no surface at the default level σ = 10
+    monkeypatch.setattr(RadianceField, "density", lambda self, x: 40.0 * (1.0 - (x - centre).norm(dim=-1) / radius))
+    calls = []
+
+    def out_of_memory(self, x, *args, **kwargs):
+        calls.append(len(x))
+        raise OOM("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(RadianceField, "color", out_of_memory)
+    folder = work / "oom_colours"
+    folder.mkdir()
+    out = folder / "mesh.ply"
+    result = run("extract-mesh", tiny_nerf, "-o", out, "-r", 16, "--chunk", 4096, "--device", "cpu", "--quiet")
+    assert_clean_error(result, "GPU out of memory", "--chunk")
+    assert calls and calls[-1] <= 64 and not list(folder.iterdir())
 
 
 # ------------------------------------------------------------------------------------ fuzzing

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recon3d.device import MIN_CHUNK, map_in_chunks
 from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.mesh.extract import extract_mesh
@@ -56,12 +57,23 @@ def load_field(checkpoint: dict, device: torch.device) -> torch.nn.Module:
     return field.to(device).eval()
 
 
+#: field.color() evaluates 14 view directions per point: vertices per call = field points per call / 16.
+_COLOR_QUERIES = 16
+
+
 @torch.no_grad()
 def vertex_colors(field: torch.nn.Module, vertices: np.ndarray, device: torch.device, chunk: int) -> np.ndarray:
-    """(V, 3) uint8 colours of a radiance field at mesh vertices (view-averaged, see ``field.color``)."""
+    """(V, 3) uint8 colours of a radiance field at mesh vertices (view-averaged, see ``field.color``).
+
+    ``chunk`` counts field points per evaluation, as for extraction. On GPU out-of-memory the chunk is
+    halved (down to :data:`~recon3d.device.MIN_CHUNK` field points) and colouring continues where it
+    stopped (:func:`~recon3d.device.map_in_chunks`).
+    """
     points = torch.as_tensor(vertices, dtype=torch.float32, device=device)
-    step = max(1, chunk // 16)  # color() evaluates 14 directions per point
-    rgb = torch.cat([field.color(points[i : i + step]) for i in range(0, len(points), step)])
+    step = max(1, chunk // _COLOR_QUERIES)
+    parts, _ = map_in_chunks(lambda start, stop: field.color(points[start:stop]),
+                             len(points), step, device, min_chunk=max(1, MIN_CHUNK // _COLOR_QUERIES))
+    rgb = torch.cat(parts) if parts else points.new_zeros(0, 3)
     return (rgb.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon3d.device import MIN_CHUNK, OUT_OF_MEMORY, release_cached_memory
+from recon3d.device import map_in_chunks
 from recon3d.render.compositing import Composite, composite, composite_packed
 from recon3d.render.rays import Rays, image_rays
 from recon3d.render.samplers import OccupancyGrid, importance_samples, samples_to_intervals, stratified_samples
@@ -84,30 +84,24 @@ def _composite_at(field: torch.nn.Module, origins: Tensor, directions: Tensor, t
 @torch.no_grad()
 def render_image(field: torch.nn.Module, scene, index: int, sampling: Sampling, grid: OccupancyGrid | None,
                  chunk: int = 1 << 15) -> dict[str, np.ndarray]:
-    """Render view ``index`` of ``scene``: rgb (H, W, 3), depth and opacity (H, W), as float32 arrays."""
+    """Render view ``index`` of ``scene``: rgb (H, W, 3), depth and opacity (H, W), as float32 arrays.
+
+    Rays go ``chunk`` at a time; on GPU out-of-memory the chunk is halved and rendering continues where
+    it stopped (:func:`recon3d.device.map_in_chunks`).
+    """
     device = next(field.parameters()).device
     rays = image_rays(scene, index, device=device).flatten()
     background = torch.tensor(scene.background, dtype=torch.float32, device=device)
-    parts: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "opacity": []}
-    start = 0
-    while start < len(rays):
-        try:
-            out = render_rays(field, rays[start : start + chunk], sampling, grid, background).result
-        except OUT_OF_MEMORY:
-            if chunk <= MIN_CHUNK:
-                raise
-            out = None
-        if out is None:  # GPU out of memory: outside the except block, retry with half the rays
-            release_cached_memory(device)
-            chunk = max(MIN_CHUNK, chunk // 2)
-            continue
-        parts["rgb"].append(out.rgb.clamp(0, 1))
-        parts["depth"].append(out.expected_depth)
-        parts["opacity"].append(out.opacity)
-        start += chunk
+
+    def piece(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:  # not the per-sample weights
+        out = render_rays(field, rays[start:stop], sampling, grid, background).result
+        return out.rgb.clamp(0, 1), out.expected_depth, out.opacity
+
+    parts, _ = map_in_chunks(piece, len(rays), chunk, device)
+    rgb, depth, opacity = (torch.cat(values) for values in zip(*parts))
     shape = (scene.height, scene.width)
     return {
-        "rgb": torch.cat(parts["rgb"]).reshape(*shape, 3).float().cpu().numpy(),
-        "depth": torch.cat(parts["depth"]).reshape(shape).float().cpu().numpy(),
-        "opacity": torch.cat(parts["opacity"]).reshape(shape).float().cpu().numpy(),
+        "rgb": rgb.reshape(*shape, 3).float().cpu().numpy(),
+        "depth": depth.reshape(shape).float().cpu().numpy(),
+        "opacity": opacity.reshape(shape).float().cpu().numpy(),
     }
