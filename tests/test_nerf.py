@@ -161,5 +161,6 @@ def test_sigterm_then_resume_equals_one_run(scene_dir: Path, tmp_path: Path, mon
     for part in ("state_dict", "grid"):
         assert resumed[part].keys() == expected[part].keys()
         for key, value in expected[part].items():
-            assert torch.equal(resumed[part][key], value), (part, key, (resumed[part][key].float() - value.float()).abs().max())
+            diff = (resumed[part][key].float() - value.float()).abs().max()
+            assert torch.equal(resumed[part][key], value), (part, key, diff)
     assert resumed["train"]["history"] == expected["train"]["history"]
