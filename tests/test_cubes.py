@@ -122,17 +122,20 @@ def test_centre_vertex_case() -> None:
     assert signed_volume(verts, faces) > 0
 
 
-def test_values_on_the_level_snap_to_lattice_vertices() -> None:
-    """A plane through lattice vertices: crossings collapse onto the vertices, faces stay valid."""
+def test_values_on_the_level_stay_distinct_vertices() -> None:
+    """A plane through lattice vertices: crossings stay SNAP cells off the vertices, so vertices stay
+    distinct (also in float32) and no face degenerates."""
     axis = np.arange(12, dtype=np.float32)
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
     u = padded(np.maximum(np.abs(x - 5.0) - 3.0, np.maximum(np.abs(y - 5.5) - 3.2, np.abs(z - 5.5) - 3.2)) * 1e-3)
     u[u == 0] = 1e-9  # what canonical() does: exact zeros nudged outside
     verts, faces = cubes.triangulate(torch.from_numpy(u)[None], torch.zeros(1, 3, dtype=torch.int64), [14] * 3)
     assert_closed_manifold(verts, faces)
-    assert verts[:, 0].min() == 3.0 and verts[:, 0].max() == 9.0  # the planes x = 2, 8 (+1 padding), exactly
-    ref_verts, ref_faces, _, _ = marching_cubes(u, 0.0, method="lewiner")
-    assert signed_volume(verts, faces) == pytest.approx(signed_volume(ref_verts, ref_faces), rel=1e-4)
+    # the planes x = 2, 8 (+1 padding), moved SNAP cells inwards
+    assert verts[:, 0].min() == pytest.approx(3.0 + cubes.SNAP) and verts[:, 0].max() == pytest.approx(9.0 - cubes.SNAP)
+    assert len(np.unique(verts.astype(np.float32), axis=0)) == len(verts)
+    ref_verts, ref_faces, _, _ = marching_cubes(u, 0.0, method="lewiner")  # the x planes moved by SNAP:
+    assert signed_volume(verts, faces) == pytest.approx(signed_volume(ref_verts, ref_faces), rel=1e-3)
 
 
 def test_extract_mesh_table_and_lewiner_agree_on_a_torus() -> None:
@@ -148,3 +151,22 @@ def test_extract_mesh_table_and_lewiner_agree_on_a_torus() -> None:
     assert signed_volume(table.vertices, table.faces) == pytest.approx(exact, rel=0.01)
     assert signed_volume(table.vertices, table.faces) == pytest.approx(
         signed_volume(lewiner.vertices, lewiner.faces), rel=1e-3)
+
+
+def test_near_level_lattice_values_survive_a_float32_file(tmp_path) -> None:
+    """Lattice values within 1e-9 of the level put crossings a hair from lattice vertices; written as
+    float32 PLY and read back, the vertices must still be distinct and the mesh closed."""
+    from recon3d.io.mesh import read_mesh, write_mesh
+    from recon3d.metrics import mesh_is_watertight
+
+    cell = 2.0 / 48
+
+    def nearly_flat(p: torch.Tensor) -> torch.Tensor:
+        d = (p - torch.tensor([0.013, -0.021, 0.007])).norm(dim=1) - 0.61
+        return torch.where(d.abs() < cell / 2, torch.sign(d) * 1e-9, d)
+
+    mesh = extract_mesh(nearly_flat, np.array([[-1.0] * 3, [1.0] * 3]), 48, normals="none").mesh
+    assert_closed_manifold(mesh.vertices, mesh.faces)
+    write_mesh(tmp_path / "m.ply", mesh)
+    back = read_mesh(tmp_path / "m.ply")
+    assert back.n_vertices == mesh.n_vertices and mesh_is_watertight(back)

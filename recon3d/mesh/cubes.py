@@ -29,9 +29,10 @@ import torch
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
-#: A crossing closer than this (in cell fractions) to a lattice vertex is put on the vertex, so all the
-#: crossings that round onto one vertex become one mesh vertex (faces that collapse are dropped).
-SNAP = 1e-6
+#: Crossings stay at least this far (in cells) from the lattice vertices. The topology is untouched (no
+#: vertex merging, no collapsed faces), and distinct vertices stay at least SNAP cells apart, so they
+#: remain distinct when written as float32 (about 1e-5 cells apart at 512³ for a box around the origin).
+SNAP = 1e-3
 #: Cells triangulated per batch: bounds temporary memory (about 1 KiB per active cell).
 BATCH_CELLS = 2**22
 
@@ -254,7 +255,7 @@ def _triangulate_batch(
     lattice = origins[active // b**3] + torch.stack((local // (b * b), (local // b) % b, local % b), 1)
     centre = edges == CENTRE
     keys, first, axis, frac = _crossings(u[owner], lattice[owner], edges.clamp(max=11), dims, t)
-    keys[centre] = _keys(dims, lattice[owner[centre]]) * 8 + 4
+    keys[centre] = _keys(dims, lattice[owner[centre]]) * 4 + 3
     distinct, faces = torch.unique(keys, return_inverse=True)
     one = torch.empty(len(distinct), dtype=torch.int64, device=values.device)
     one[faces] = torch.arange(len(keys), device=values.device)  # one triangle corner per vertex
@@ -270,21 +271,14 @@ def _triangulate_batch(
 def _crossings(
     u: torch.Tensor, lattice: torch.Tensor, edges: torch.Tensor, dims: list[int], t: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Level crossings on ``edges`` of cells at ``lattice`` with corner values ``u``: keys, the lattice
-    vertex the position is measured from, the edge axis and the fraction along it (0 or 1 when snapped).
-
-    Key = lattice vertex key * 8 + (axis of the edge, or 3 for a crossing snapped onto a vertex).
-    """
+    """Level crossings on ``edges`` of cells at ``lattice`` with corner values ``u``: keys (lattice vertex
+    key * 4 + edge axis; a loop centre gets 3), the edge's first lattice vertex, the edge axis and the fraction along it."""
     first = lattice + t["corners"][t["start"][edges]]
-    u0 = u.gather(1, t["start"][edges][:, None]).squeeze(1)
-    u1 = u.gather(1, t["end"][edges][:, None]).squeeze(1)
-    frac = u0.double() / (u0.double() - u1.double())
+    u0 = u.gather(1, t["start"][edges][:, None]).squeeze(1).double()
+    u1 = u.gather(1, t["end"][edges][:, None]).squeeze(1).double()
+    frac = (u0 / (u0 - u1)).clamp(SNAP, 1.0 - SNAP)
     axis = t["axis"][edges]
-    at_start, at_end = frac < SNAP, frac > 1.0 - SNAP
-    frac = torch.where(at_start, 0.0, torch.where(at_end, 1.0, frac))
-    on_vertex = first + torch.nn.functional.one_hot(axis, 3) * at_end[:, None].long()
-    keys = torch.where(at_start | at_end, _keys(dims, on_vertex) * 8 + 3, _keys(dims, first) * 8 + axis)
-    return keys, first, axis, frac
+    return _keys(dims, first) * 4 + axis, first, axis, frac
 
 
 def _centres(
@@ -324,10 +318,5 @@ def triangulate(values: torch.Tensor, origins: torch.Tensor, dims: list[int], ba
     unique, index = torch.unique(torch.cat(keys), return_inverse=True)  # joins batches
     verts = torch.empty((len(unique), 3), dtype=torch.float64, device=device)
     verts[index] = torch.cat(positions)
-    faces = index[torch.cat(faces)]
-    distinct = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    faces = faces[distinct]
-    used = torch.zeros(len(unique), dtype=torch.bool, device=device)
-    used[faces.reshape(-1)] = True
-    remap = torch.cumsum(used.long(), 0) - 1
-    return verts[used].cpu().numpy(), remap[faces].cpu().numpy()
+    faces = index[torch.cat(faces)]  # every vertex is used, no face is degenerate: nothing to clean
+    return verts.cpu().numpy(), faces.cpu().numpy()

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
 from recon3d.mesh import cubes, marching
 from recon3d.mesh.grid import FieldFn, Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
@@ -149,21 +150,23 @@ def _normals(
 
 
 def _refine(sampler: Sampler, points: np.ndarray, steps: int) -> np.ndarray:
-    """Newton steps x <- x - (f(x) - level) grad f / |grad f|^2, the total move capped at half a cell."""
+    """Newton steps x <- x - (f(x) - level) grad f / |grad f|^2, the total move capped at half a cell.
+
+    Chunks are halved on GPU out-of-memory (see :func:`recon3d.device.map_in_chunks`)."""
     start = torch.as_tensor(points, dtype=torch.float32, device=sampler.device)
     limit = 0.5 * sampler.lattice.cell
     out = start.clone()
-    for begin in range(0, len(start), sampler.chunk):
-        x0 = start[begin : begin + sampler.chunk]
+
+    def piece(begin: int, stop: int) -> bool:
+        x0 = start[begin:stop]
         x = x0.clone()
         for _ in range(steps):
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 f = sampler.field_fn(xg).reshape(-1).float()
                 if not f.requires_grad:
-                    return points  # not differentiable: keep the marching-cubes vertices
+                    return False  # not differentiable: keep the marching-cubes vertices
                 (grad,) = torch.autograd.grad(f.sum(), xg)
-            sampler.queries += len(x)
             norm2 = (grad * grad).sum(1, keepdim=True)
             move = torch.where(norm2 > 0, (f.detach() - sampler.level)[:, None] * grad / norm2.clamp_min(1e-30),
                                torch.zeros_like(grad))
@@ -171,24 +174,37 @@ def _refine(sampler: Sampler, points: np.ndarray, steps: int) -> np.ndarray:
             offset = x - x0
             length = offset.norm(dim=1, keepdim=True)
             x = torch.where(length > limit, x0 + offset * (limit / length.clamp_min(1e-30)), x)
-        out[begin : begin + len(x)] = x.detach()
+        out[begin:stop] = x.detach()
+        return True
+
+    done, sampler.chunk = map_in_chunks(piece, len(start), sampler.chunk, sampler.device)
+    if not all(done):
+        return points
+    sampler.queries += steps * len(start)
     return out.double().cpu().numpy()
 
 
 def _field_normals(sampler: Sampler, points: np.ndarray, progress: ProgressFn | None) -> np.ndarray:
-    """Unit outward field gradients at (V, 3) field points (zero where the gradient vanishes)."""
+    """Unit outward field gradients at (V, 3) field points (zero where the gradient vanishes).
+
+    Chunks are halved on GPU out-of-memory (see :func:`recon3d.device.map_in_chunks`)."""
     pts = torch.as_tensor(points, dtype=torch.float32, device=sampler.device)
     grads = torch.empty_like(pts)
-    for begin in range(0, len(pts), sampler.chunk):
-        x = pts[begin : begin + sampler.chunk]
+
+    def piece(begin: int, stop: int) -> int:
+        x = pts[begin:stop]
         grad = _autograd(sampler.field_fn, x)
-        sampler.queries += len(x)
+        queries = len(x)
         if grad is None:
             grad = _central_differences(sampler.field_fn, x, _DIFF_STEP * sampler.lattice.cell)
-            sampler.queries += 6 * len(x)
-        grads[begin : begin + len(x)] = grad
+            queries += 6 * len(x)
+        grads[begin:stop] = grad
         if progress is not None:
-            progress("normals", min(1.0, (begin + len(x)) / len(pts)))
+            progress("normals", stop / len(pts))
+        return queries
+
+    queries, sampler.chunk = map_in_chunks(piece, len(pts), sampler.chunk, sampler.device)
+    sampler.queries += sum(queries)
     unit = torch.nn.functional.normalize(torch.nan_to_num(grads * sampler.sign, nan=0.0), dim=1)
     return unit.cpu().numpy()
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from recon3d.device import MIN_CHUNK, OUT_OF_MEMORY, release_cached_memory
+from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
 
 FieldFn = Callable[[torch.Tensor], torch.Tensor]
@@ -104,29 +104,17 @@ class Sampler:
     def evaluate(self, points: torch.Tensor) -> torch.Tensor:
         """Canonical values at (N, 3) float32 field points.
 
-        On GPU out-of-memory the chunk is halved (down to :data:`MIN_CHUNK`, then the error is raised) and
+        On GPU out-of-memory the chunk is halved (down to :data:`~recon3d.device.MIN_CHUNK`, then the error is raised) and
         evaluation continues where it stopped; the smaller chunk is kept for later calls.
         """
         n = int(points.shape[0])
         out = torch.empty(n, dtype=torch.float32, device=self.device)
+
+        def piece(start: int, stop: int) -> None:
+            out[start:stop] = canonical(self.field_fn(points[start:stop]), self.level, self.sign)
+
         with torch.no_grad():
-            start = 0
-            while start < n:
-                stop = min(start + self.chunk, n)
-                try:
-                    values = self.field_fn(points[start:stop])
-                except OUT_OF_MEMORY:
-                    if self.chunk <= MIN_CHUNK:
-                        raise
-                    out_of_memory = True
-                else:
-                    out_of_memory = False
-                if out_of_memory:  # outside the except block: the traceback's frames are released
-                    release_cached_memory(self.device)
-                    self.chunk = max(MIN_CHUNK, self.chunk // 2)
-                    continue
-                out[start:stop] = canonical(values, self.level, self.sign)
-                start = stop
+            _, self.chunk = map_in_chunks(piece, n, self.chunk, self.device)
         self.queries += n
         return out
 
