@@ -133,6 +133,10 @@ def bad(work, scan, sdf_model, scene) -> dict[str, Path]:
     files["same"] = folder / "same.xyz"
     np.savetxt(folder / "nan.xyz", np.full((50, 3), np.nan))
     files["nan"] = folder / "nan.xyz"
+    np.savetxt(folder / "inf.xyz", np.where(rng.random((50, 3)) < 0.5, np.inf, -np.inf))
+    files["inf"] = folder / "inf.xyz"
+    np.savez(folder / "nopoints.npz", normals=rng.random((50, 3)))
+    files["nopoints"] = folder / "nopoints.npz"
     # meshes for fit-occupancy
     (folder / "nofaces.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\n")
     files["nofaces"] = folder / "nofaces.obj"
@@ -160,6 +164,12 @@ def bad(work, scan, sdf_model, scene) -> dict[str, Path]:
 
     _edit_json(s, scale)
     files["scene_scaled"] = s
+    s = _copy_scene(scene, folder / "scene_singular")
+    _edit_json(s, lambda m: m["frames"][0].update(transform_matrix=np.diag([0.0, 0.0, 0.0, 1.0]).tolist()))
+    files["scene_singular"] = s
+    s = _copy_scene(scene, folder / "scene_corrupt_image")
+    (s / "train" / "r_1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    files["scene_corrupt_image"] = s
     # checkpoints
     checkpoint = load_checkpoint(sdf_model)
     checkpoint["version"] = 99
@@ -188,6 +198,8 @@ CASES = {
     "3 points": (["fit-sdf", "{n3}"], "n3", "3 points"),
     "identical points": (["fit-sdf", "{same}"], "same", "identical"),
     "all-NaN coordinates": (["fit-sdf", "{nan}"], "nan", "NaN"),
+    "all-infinite coordinates": (["fit-sdf", "{inf}"], "inf", "finite"),
+    "pointcloud.npz without points": (["fit-sdf", "{nopoints}"], "nopoints", "points"),
     "mesh without faces": (["fit-occupancy", "{nofaces}"], "nofaces", "no faces"),
     "mesh of zero-area faces": (["fit-occupancy", "{flat}"], "flat", "area"),
     "occupancy from a missing file": (["fit-occupancy", "{missing}"], "missing", "no such file"),
@@ -196,6 +208,8 @@ CASES = {
     "scene missing an image": (["fit-nerf", "{scene_image}"], "scene_image", "not found"),
     "scene of mixed image sizes": (["fit-nerf", "{scene_sizes}"], "scene_sizes", "12x8"),
     "scene with a scaled rotation": (["fit-nerf", "{scene_scaled}"], "scene_scaled", "orthonormal"),
+    "scene with a singular pose": (["fit-nerf", "{scene_singular}"], "scene_singular", "orthonormal"),
+    "scene with an unreadable image": (["fit-nerf", "{scene_corrupt_image}"], "scene_corrupt_image", "cannot read image"),
     "render an sdf checkpoint": (["render", "{sdf}", "--scene", "{scene}"], "sdf", "nerf"),
     "render a newer checkpoint": (["render", "{newer}", "--scene", "{scene}"], "newer", "99"),
     "extract from a newer checkpoint": (["extract-mesh", "{newer}"], "newer", "99"),
@@ -237,6 +251,21 @@ def test_bad_input_is_one_error_line(case, existing, work, bad, scan, scene):
     if not existing and "--resume" not in args:
         assert not out.exists()
     assert no_temporaries(folder)
+
+
+def test_unreadable_input_is_one_error_line(work, scan, monkeypatch):
+    """A scan the user may not read (EACCES, simulated: as root every file is readable)."""
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == Path(scan):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    out = work / "unreadable.pt"
+    line = assert_clean_error(run("fit-sdf", scan, "-o", out, *CPU_FIT), "Permission denied")
+    assert str(scan) in line and not out.exists()
 
 
 def test_some_nan_rows_warn_and_fit(work):
@@ -407,25 +436,64 @@ main()
 
 
 @pytest.mark.parametrize("phase", ["read", "write"])
-def test_sigterm_outside_training_is_one_error_line_and_no_temporary(phase, work, scan):
-    """SIGTERM while reading or writing (not training) ends like Ctrl-C: ``error: interrupted``, exit
-    130, the old output untouched and no temporary file (the default action would kill the process
-    mid-write and leave one behind)."""
+def test_sigterm_outside_training_is_one_error_line_and_no_temporary(phase, work, scan, sdf_model):
+    """SIGTERM while reading a scan (fit-sdf) or writing a mesh (extract-mesh) ends like Ctrl-C:
+    ``error: interrupted``, exit 130, the old output untouched and no temporary file (the default
+    action would kill the process mid-write and leave one behind). A fit's final checkpoint write
+    holds signals instead: see test_signal_during_the_final_checkpoint_write."""
     import subprocess
     import sys
 
     folder = work / f"sigterm_{phase}"
     folder.mkdir()
-    out = folder / "model.pt"
+    if phase == "read":
+        out = folder / "model.pt"
+        command = ["fit-sdf", str(scan), "-o", str(out), *CPU_FIT]
+    else:
+        out = folder / "mesh.ply"
+        command = ["extract-mesh", str(sdf_model), "-o", str(out), "--resolution", "16", "--device", "cpu", "--quiet"]
     out.write_bytes(b"precious")
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _SIGTERM_SCRIPT, phase, "fit-sdf", str(scan), "-o", str(out),
-                           *CPU_FIT], capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_SCRIPT, phase, *command],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=120)
     assert proc.returncode == 130, f"exit {proc.returncode}; stderr: {proc.stderr!r}"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: interrupted"] and "Traceback" not in proc.stderr, proc.stderr
     assert [p.name for p in folder.iterdir()] == [out.name] and out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["one", "two"])
+def test_signal_during_the_final_checkpoint_write(signals, work, scan, monkeypatch):
+    """One SIGTERM while the finished fit is being written is held: the command completes with a
+    complete checkpoint. A second one gives up at once: error, the old file kept, no temporary file."""
+    import signal
+
+    folder = work / f"late_signal_{signals}"
+    folder.mkdir()
+    out = folder / "model.pt"
+    out.write_bytes(b"precious")
+    real_fsync = os.fsync
+    sent = []
+
+    def fsync_with_signals(fd):
+        if not sent:
+            sent.append(True)
+            for _ in range(signals):
+                signal.raise_signal(signal.SIGTERM)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_with_signals)
+    result = run("fit-sdf", scan, "-o", out, *CPU_FIT)
+    assert sent
+    if signals == 1:
+        assert result.exit_code == 0, result.stderr
+        checkpoint = load_checkpoint(out)
+        assert checkpoint["train"]["complete"] and "resume" not in checkpoint
+    else:
+        assert result.exit_code == 130 and "error: interrupted" in result.stderr, result.stderr
+        assert out.read_bytes() == b"precious"
+    assert [p.name for p in folder.iterdir()] == ["model.pt"]
 
 
 # ------------------------------------------------------------------------------------ GPU out of memory

@@ -12,8 +12,8 @@ import torch
 
 from recon3d import __version__
 from recon3d.errors import Recon3dError
-from recon3d.fit.loop import TrainSettings, TrainState
-from recon3d.io.checkpoint import VERSION
+from recon3d.fit.loop import Trainer, TrainSettings, TrainState, hold_signals
+from recon3d.io.checkpoint import VERSION, save_checkpoint
 
 #: The default multiresolution hash grid per device: 16 levels up to 2048 cells on a GPU; a smaller
 #: table and 12 levels up to 1024 on a CPU, where every level costs time.
@@ -120,3 +120,15 @@ def summarize(checkpoint: dict, output: Any, extra: tuple[str, ...] = ()) -> dic
     summary.update({key: train[key] for key in extra if key in train})
     summary["device"] = train["device"]
     return summary
+
+
+def save_fit(output: Any, checkpoint: dict, trainer: Trainer, state: TrainState) -> None:
+    """Write a fit's checkpoint, resumable when training was interrupted.
+
+    SIGINT/SIGTERM arriving during the write are held until it is done (a second one gives up at once,
+    and the atomic write keeps the old file), so a late signal never throws the finished work away.
+    """
+    if state.interrupted:
+        checkpoint["resume"] = trainer.resume_state()
+    with hold_signals():
+        save_checkpoint(output, checkpoint)

@@ -102,6 +102,14 @@ class _StopFlag:
                 signal.signal(sig, handler)
 
 
+def hold_signals() -> contextlib.AbstractContextManager:
+    """SIGINT/SIGTERM are noted, not acted on, inside this block (a second one still gives up at once).
+
+    For the final checkpoint write: a signal that arrives while it is written must not lose the work.
+    """
+    return _StopFlag().installed()
+
+
 class Trainer:
     """Runs ``step_fn`` under one optimiser, schedule and generator until a budget ends."""
 

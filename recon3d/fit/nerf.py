@@ -28,10 +28,9 @@ from recon3d.console import info
 from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.radiance import DEFAULT_DENSITY_LEVEL, radiance_preset
-from recon3d.fit.common import (FitOptions, checkpoint_dict, make_batch, make_settings, pick,
-                                plain_settings, resumed_settings, summarize)
+from recon3d.fit.common import (FitOptions, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
+                                resumed_settings, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
-from recon3d.io.checkpoint import save_checkpoint
 from recon3d.io.scene import Scene
 from recon3d.render.rays import RaySampler
 from recon3d.render.renderer import Sampling, render_rays
@@ -170,9 +169,7 @@ def fit_nerf(scene: Scene, options: NerfOptions, output: str | Path, device: tor
     wall = time.perf_counter() - start - trainer.excluded_seconds
     checkpoint = build_checkpoint(field, grid, config, state, scene, step, device)
     checkpoint["train"]["samples_per_second"] = step.samples_seen / max(wall, 1e-9)
-    if state.interrupted:
-        checkpoint["resume"] = trainer.resume_state()
-    save_checkpoint(output, checkpoint)
+    save_fit(output, checkpoint, trainer, state)
     return summarize(checkpoint, output, extra=("images", "psnr", "samples_per_second"))
 
 

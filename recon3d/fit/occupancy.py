@@ -27,10 +27,9 @@ from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
 from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
-                                plain_settings, resumed_settings, summarize)
+                                plain_settings, resumed_settings, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
-from recon3d.io.checkpoint import save_checkpoint
 from recon3d.io.labelled import LabelledPoints
 from recon3d.mesh.inside import EnclosedVolume, RayParity, WindingNumber
 from recon3d.metrics import mesh_is_watertight
@@ -299,9 +298,7 @@ def fit_occupancy(shape_input: TriMesh | LabelledPoints, options: OccupancyOptio
         trainer.load_resume_state(resume["resume"])
     state = trainer.run()
     checkpoint = build_checkpoint(field, config, state, shape, device)
-    if state.interrupted:
-        checkpoint["resume"] = trainer.resume_state()
-    save_checkpoint(output, checkpoint)
+    save_fit(output, checkpoint, trainer, state)
     return summarize(checkpoint, output, extra=("input", "size", "labels", "misclassified"))
 
 

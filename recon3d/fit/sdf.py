@@ -34,11 +34,10 @@ from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.implicit import gradient
 from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
-                                plain_settings, resumed_settings, summarize)
+                                plain_settings, resumed_settings, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.fit.normals import neighbourhood, orient_normals
-from recon3d.io.checkpoint import save_checkpoint
 from recon3d.types import PointCloud
 
 MIN_POINTS = 16
@@ -265,9 +264,7 @@ def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: 
         trainer.load_resume_state(resume["resume"])
     state = trainer.run()
     checkpoint = build_checkpoint(field, config, state, scan, device, options.normals)
-    if state.interrupted:
-        checkpoint["resume"] = trainer.resume_state()
-    save_checkpoint(output, checkpoint)
+    save_fit(output, checkpoint, trainer, state)
     return summarize(checkpoint, output, extra=("points", "normals"))
 
 
