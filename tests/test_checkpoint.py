@@ -150,6 +150,30 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path, checkpoint, variant):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("command", ["info", "extract-mesh", "render", "fit-sdf --resume"])
+def test_every_command_refuses_a_code_running_checkpoint(tmp_path, checkpoint, command):
+    """Through the CLI: one error line, exit 1, nothing run, nothing written."""
+    from typer.testing import CliRunner
+
+    from recon3d.cli import app
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(_evil_payloads(marker, checkpoint)["inside a checkpoint"])
+    before = evil.read_bytes()
+    args = {"info": ["info", str(evil)],
+            "extract-mesh": ["extract-mesh", str(evil), "-o", str(tmp_path / "m.ply"), "--device", "cpu"],
+            "render": ["render", str(evil), "--scene", str(tmp_path / "scene"), "-o", str(tmp_path / "views"),
+                       "--device", "cpu"],
+            "fit-sdf --resume": ["fit-sdf", str(tmp_path / "scan.ply"), "-o", str(evil), "--resume", "--device", "cpu"],
+            }[command]
+    result = CliRunner().invoke(app, args)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "refused" in errors[0], result.stderr
+    assert not marker.exists(), "the payload ran"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"] and evil.read_bytes() == before
+
+
 def test_newer_version_is_refused(tmp_path, checkpoint):
     path = write_torch(tmp_path / "future.pt", dict(checkpoint, version=999))
     with pytest.raises(InputError, match="newer"):
