@@ -8,7 +8,8 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
         --config fast:enc.max_resolution=4096,loss.eikonal=0.05
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
-configuration only (values on every device); other keys are fit-sdf options.
+configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
+(e.g. ``const.FAR_SLACK=0.02``) for that configuration; other keys are fit-sdf options.
 """
 
 from __future__ import annotations
@@ -98,10 +99,18 @@ def main() -> None:
         for config in args.config:
             preset, kwargs = parse_config(config)
             mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution",) if k in kwargs}
+            constants = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("const.")}
+            saved = {const: getattr(sdf_fit, const) for const in constants}
+            for const, value in constants.items():
+                setattr(sdf_fit, const, value)
             options = SDFOptions(preset=patched_preset(preset, kwargs), **kwargs)
             ckpt = args.work / "model.pt"
             t0 = time.perf_counter()
-            fit = fit_sdf(cloud, options, ckpt, device, source=name, show_progress=False)
+            try:
+                fit = fit_sdf(cloud, options, ckpt, device, source=name, show_progress=False)
+            finally:
+                for const, value in saved.items():
+                    setattr(sdf_fit, const, value)
             synchronize(device)
             t1 = time.perf_counter()
             mesh, stats = mesh_from_checkpoint(load_checkpoint(ckpt), MeshOptions(

@@ -89,10 +89,12 @@ NORMAL_ORIGINS = {"file": "from the file", "estimated": "estimated (PCA, MST-ori
 #: With estimated normals, their signs are trusted for this fraction of the steps, then only the
 #: tangent plane is (1 − |cos|), so local orientation mistakes cannot pin wrong geometry.
 ORIENTED_FRACTION = 0.5
-#: Lattice size of the unsigned-distance prior, and the slack (field units) it allows, so holes in
-#: a scan up to about twice this size can still be closed by the field.
+#: Lattice size of the unsigned-distance prior, and its slack (field units): away from the scan |f|
+#: must reach the distance to the nearest point minus the slack. The penalty is soft, so holes wider
+#: than the slack still close; a small slack keeps the surface across them near the scan. 0.05 let it
+#: bulge (SRB gargoyle CD-L1 0.175 % vs 0.164 % at 0.01; no input got worse: BENCHMARKS.md).
 DISTANCE_GRID = 64
-FAR_SLACK = 0.05
+FAR_SLACK = 0.01
 
 
 @dataclass
