@@ -315,16 +315,22 @@ def _deny_temporaries(monkeypatch):
     monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
 
 
-@pytest.mark.parametrize("command", ["fit-sdf", "extract-mesh"])
-def test_unwritable_output_folder_simulated(command, work, scan, sdf_model, monkeypatch):
-    folder = work / f"denied_{command}"
+def _assert_output_fault_keeps_old_file(fault, message, command, work, scan, sdf_model, monkeypatch):
+    """``fault(monkeypatch)`` breaks writing; the command ends with one error line, the old file intact."""
+    folder = work / f"{fault.__name__}_{command}"
     folder.mkdir()
     out = folder / ("model.pt" if command == "fit-sdf" else "mesh.obj")
     out.write_bytes(b"precious")
-    _deny_temporaries(monkeypatch)
+    fault(monkeypatch)
     args = [scan, "-o", out, *CPU_FIT] if command == "fit-sdf" else [sdf_model, "-o", out, "-r", 16, "--device", "cpu"]
-    assert_clean_error(run(command, *args), out, "Permission denied")
+    assert_clean_error(run(command, *args), out, message)
     assert [p.name for p in folder.iterdir()] == [out.name] and out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("command", ["fit-sdf", "extract-mesh"])
+def test_unwritable_output_folder_simulated(command, work, scan, sdf_model, monkeypatch):
+    _assert_output_fault_keeps_old_file(_deny_temporaries, "Permission denied", command, work, scan, sdf_model,
+                                        monkeypatch)
 
 
 def test_render_into_a_folder_that_cannot_be_made(work, tiny_nerf, monkeypatch):
@@ -399,14 +405,7 @@ def test_full_disk_library_write_keeps_the_old_file(work, monkeypatch):
 
 @pytest.mark.parametrize("command", ["fit-sdf", "extract-mesh"])
 def test_full_disk_cli(command, work, scan, sdf_model, monkeypatch):
-    folder = work / f"full_{command}"
-    folder.mkdir()
-    out = folder / ("model.pt" if command == "fit-sdf" else "mesh.obj")
-    out.write_bytes(b"precious")
-    _full_disk(monkeypatch)
-    args = [scan, "-o", out, *CPU_FIT] if command == "fit-sdf" else [sdf_model, "-o", out, "-r", 16, "--device", "cpu"]
-    assert_clean_error(run(command, *args), out, "disk is full")
-    assert [p.name for p in folder.iterdir()] == [out.name] and out.read_bytes() == b"precious"
+    _assert_output_fault_keeps_old_file(_full_disk, "disk is full", command, work, scan, sdf_model, monkeypatch)
 
 
 # ------------------------------------------------------------------------------------ SIGTERM
