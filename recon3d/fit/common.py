@@ -132,3 +132,13 @@ def save_fit(output: Any, checkpoint: dict, trainer: Trainer, state: TrainState)
         checkpoint["resume"] = trainer.resume_state()
     with hold_signals():
         save_checkpoint(output, checkpoint)
+
+
+def run_config(options: FitOptions, device: torch.device, resume: dict | None, resolve: Any) -> dict[str, Any]:
+    """The run's config: an interrupted run's own (with any new budgets) when resuming, else
+    ``resolve(options, device)`` (the method's preset for this device)."""
+    if resume is None:
+        return resolve(options, device)
+    config = resume["train"]["config"]
+    config["settings"] = resumed_settings(config["settings"], options.steps, options.max_seconds)
+    return config

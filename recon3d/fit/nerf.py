@@ -29,7 +29,7 @@ from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.radiance import DEFAULT_DENSITY_LEVEL, radiance_preset
 from recon3d.fit.common import (FitOptions, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
-                                resumed_settings, save_fit, summarize)
+                                run_config, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.io.scene import Scene
 from recon3d.render.rays import RaySampler
@@ -139,11 +139,7 @@ def fit_nerf(scene: Scene, options: NerfOptions, output: str | Path, device: tor
     ``on_step(trainer, step)`` runs before every step (benchmarks evaluate there, excluding the time
     they spend with ``trainer.exclude``).
     """
-    if resume is not None:
-        config = resume["train"]["config"]
-        config["settings"] = resumed_settings(config["settings"], options.steps, options.max_seconds)
-    else:
-        config = resolve_preset(options, scene, device)
+    config = run_config(options, device, resume, lambda opts, dev: resolve_preset(opts, scene, dev))
     torch.manual_seed(config["settings"].seed)
     field = build_field("nerf", config["field"]).to(device)
     sampling = Sampling(**config["sampling"])

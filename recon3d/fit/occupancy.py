@@ -27,7 +27,7 @@ from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
 from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
-                                plain_settings, resumed_settings, save_fit, summarize)
+                                plain_settings, run_config, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.io.labelled import LabelledPoints
@@ -279,11 +279,7 @@ def fit_occupancy(shape_input: TriMesh | LabelledPoints, options: OccupancyOptio
                   device: torch.device, source: str = "input", resume: dict | None = None,
                   show_progress: bool = True) -> dict[str, Any]:
     """Fit an occupancy field to a mesh or labelled points; write the checkpoint; return a summary."""
-    if resume is not None:
-        config = resume["train"]["config"]
-        config["settings"] = resumed_settings(config["settings"], options.steps, options.max_seconds)
-    else:
-        config = resolve_preset(options, device)
+    config = run_config(options, device, resume, resolve_preset)
     torch.manual_seed(config["settings"].seed)
     if isinstance(shape_input, LabelledPoints):
         shape = prepare_points(shape_input, device, source)

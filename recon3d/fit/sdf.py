@@ -34,7 +34,7 @@ from recon3d.errors import InputError, Recon3dError
 from recon3d.fields import build_field
 from recon3d.fields.implicit import gradient
 from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
-                                plain_settings, resumed_settings, save_fit, summarize)
+                                plain_settings, run_config, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.fit.normals import neighbourhood, orient_normals
@@ -250,11 +250,7 @@ def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: 
     ``resume`` is a previously interrupted checkpoint of the same scan: its field, settings,
     optimiser and generator state are restored, so the result matches an uninterrupted run.
     """
-    if resume is not None:
-        config = resume["train"]["config"]
-        config["settings"] = resumed_settings(config["settings"], options.steps, options.max_seconds)
-    else:
-        config = resolve_preset(options, device)
+    config = run_config(options, device, resume, resolve_preset)
     torch.manual_seed(config["settings"].seed)
     scan = prepare_scan(cloud, config.get("normals", options.normals), device, source)
     field = build_field("sdf", {**config["field"], "level": 0.0, "inside": "below"}).to(device)
