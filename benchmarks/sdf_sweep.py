@@ -9,7 +9,8 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
-(e.g. ``const.FAR_SLACK=0.02``) for that configuration; other keys are fit-sdf options.
+(e.g. ``const.FAR_SLACK=0.02``) for that configuration; ``resolution`` and ``keep_unsupported`` go to
+extraction; other keys are fit-sdf options.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def parse_config(spec: str) -> tuple[str, dict]:
     kwargs: dict = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        kwargs[key] = value if key in ("encoding", "normals") else float(value) if "." in value or "e" in value else int(value)
+        kwargs[key] = value if key in ("encoding", "normals", "denoise") else float(value) if "." in value or "e" in value else int(value)
     return preset, kwargs
 
 
@@ -98,7 +99,7 @@ def main() -> None:
         name, cloud, reference = load_case(case, args.data)
         for config in args.config:
             preset, kwargs = parse_config(config)
-            mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution",) if k in kwargs}
+            mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution", "keep_unsupported") if k in kwargs}
             constants = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("const.")}
             saved = {const: getattr(sdf_fit, const) for const in constants}
             for const, value in constants.items():
@@ -114,7 +115,8 @@ def main() -> None:
             synchronize(device)
             t1 = time.perf_counter()
             mesh, stats = mesh_from_checkpoint(load_checkpoint(ckpt), MeshOptions(
-                resolution=mesh_kwargs.get("resolution", args.resolution)), device)
+                resolution=mesh_kwargs.get("resolution", args.resolution),
+                keep_unsupported=bool(mesh_kwargs.get("keep_unsupported", False))), device)
             synchronize(device)
             t2 = time.perf_counter()
             metrics = evaluate(mesh, reference)
@@ -123,7 +125,8 @@ def main() -> None:
             rows.append(row)
             print(f"{name:28s} {config:40s} fit {t1 - t0:6.1f}s ext {t2 - t1:5.2f}s CD {metrics['chamfer_l1'] * 100:.4f}% "
                   f"F0.5 {metrics['fscore@0.5%']:.3f} F1 {metrics['fscore@1%']:.3f} NC {metrics['normal_consistency'] or 0:.3f} "
-                  f"acc {metrics['accuracy'] * 100:.4f} comp {metrics['completeness'] * 100:.4f} WT {metrics['watertight']}", file=sys.stderr, flush=True)
+                  f"acc {metrics['accuracy'] * 100:.4f} comp {metrics['completeness'] * 100:.4f} WT {metrics['watertight']} "
+                  f"dropped {stats['dropped_unsupported']}", file=sys.stderr, flush=True)
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=1, default=str))
     print("\n| case | config | points | fit s | extract s | CD-L1 % | F@0.5% | F@1% | NC | watertight |")

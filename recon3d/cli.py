@@ -156,6 +156,7 @@ def fit_sdf_command(
     lr: Optional[float] = LrOpt,
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Override the encoding: hashgrid, frequency, fourier, none."),
     normals: str = typer.Option("auto", "--normals", help="auto (the file's, else estimated), estimate, ignore."),
+    denoise: str = typer.Option("auto", "--denoise", help="Smooth noisy points onto local planes first: auto (when the noise is large against the point spacing), on, off."),
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -173,7 +174,7 @@ def fit_sdf_command(
     out = _checkpoint_path(output, scan.stem)
     torch_device = resolve_device(device)
     options = SDFOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
-                         seed=seed, normals=normals, amp=amp, encoding=encoding)
+                         seed=seed, normals=normals, amp=amp, encoding=encoding, denoise=denoise)
     previous = _resumable(out, load_checkpoint, "sdf") if resume else None
     cloud = read_point_cloud(scan)
     if previous is not None and previous["train"]["points"] != len(cloud):
@@ -364,6 +365,7 @@ def extract_mesh_command(
     method: str = typer.Option("mise", "--method", help="mise (coarse-to-fine, default; also 'sparse') or dense."),
     refine: int = typer.Option(0, "--refine", help="Newton steps moving vertices onto the level along the gradient (0: off)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
+    keep_unsupported: bool = typer.Option(False, "--keep-unsupported", help="Keep closed pieces that no scan point is near (fit-sdf models drop them by default)."),
     normals: str = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
     marching: str = typer.Option("table", "--marching-cubes", help="table (all cells at once, on the device) or lewiner (scikit-image, CPU)."),
     chunk: int = typer.Option(2**18, "--chunk", help="Points per field evaluation."),
@@ -400,8 +402,12 @@ def extract_mesh_command(
     start = time.perf_counter()
     options = MeshOptions(resolution=resolution, level=level, method="dense" if method == "dense" else "sparse",
                           largest_component=largest_component, normals=normals, chunk=chunk, refine=refine,
-                          marching_cubes=marching)
+                          marching_cubes=marching, keep_unsupported=keep_unsupported)
     mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
+    if stats["dropped_unsupported"]:
+        pieces = stats["dropped_unsupported"]
+        info(f"dropped {pieces} closed piece{'s' if pieces > 1 else ''} with no scan points near "
+             f"{'them' if pieces > 1 else 'it'} (--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
     if mesh.n_faces == 0:
         raise Recon3dError(f"{model}: the field has no surface at level {stats['level']} inside its bounds")
     write_mesh("-" if to_stdout else output, mesh, fmt)

@@ -50,9 +50,9 @@ MM_SCALE, MM_OFFSET = 250.0, np.array([1000.0, -500.0, 30.0])
 # floor). Measured on the current code: sphere Chamfer 0.0016 (of which ~all is the sampling floor
 # of 100k samples), sphere exact accuracy 0.0002; an untrained field gives 0.031 and 0.033. A
 # correctly reconstructed torus (paper preset, 400 steps) gives Chamfer 0.0018, exact accuracy
-# 0.0008; untrained 0.032 and 0.034. (The fast preset at 200 steps currently gives 0.0062 and
-# 0.0097 with Euler characteristic 14: a correct torus plus 7 spurious closed bubbles inside the
-# tube. Those tests fail on purpose: it is a library defect, reported, not a loose bound.)
+# 0.0008; untrained 0.032 and 0.034. The fast preset at 200 steps gave 0.0062 and 0.0097 with Euler
+# characteristic 14 (7 closed bubbles inside the tube) until the far-field prior took signed claims
+# (recon3d.fit.sdf.sign_claims); now Chamfer 0.0016 and a single genus-1 surface on seeds 0-5.
 SPHERE_CHAMFER_BOUND = 0.004
 SPHERE_EXACT_BOUND = 0.0006
 TORUS_CHAMFER_BOUND = 0.005
@@ -204,7 +204,6 @@ def test_bounds_are_meaningful_untrained_field_fails_them(untrained_sphere_mesh,
 # ------------------------------------------------------------------------------------ torus
 
 
-@pytest.mark.xfail(reason="known defect (open in issue 2): at this small CPU budget the torus fit can fill its hole or leave inside-out bubbles", strict=False)
 def test_torus_without_normals_is_watertight_genus_one(torus_fit, torus_mesh):
     _, summary = torus_fit
     assert summary["normals"] == "estimated"
@@ -213,7 +212,6 @@ def test_torus_without_normals_is_watertight_genus_one(torus_fit, torus_mesh):
     assert chi == 0, f"Euler characteristic {chi}: not a single genus-1 surface"
 
 
-@pytest.mark.xfail(reason="known defect (open in issue 2): the sign-agnostic far-field prior can lock in the filled hole of a torus at this small CPU budget", strict=False)
 def test_torus_hole_is_outside(torus_fit):
     """Points on the torus's axis lie outside it: the field must be positive there (f > level)."""
     checkpoint = load_checkpoint(torus_fit[0])
@@ -225,7 +223,6 @@ def test_torus_hole_is_outside(torus_fit):
     assert (world > 0).all(), f"field on the axis {np.round(world, 3).tolist()}, exact {np.round(torus_sdf(axis), 3).tolist()}"
 
 
-@pytest.mark.xfail(reason="known defect (open in issue 2): at this small CPU budget the torus fit can fill its hole or leave inside-out bubbles", strict=False)
 def test_torus_chamfer_within_bound(torus_mesh, torus_exact):
     value = chamfer(torus_mesh, torus_exact)
     exact = exact_accuracy(torus_mesh, lambda p: torus_sdf(p, MAJOR, MINOR), diagonal(torus_exact))

@@ -2,8 +2,8 @@
 
 PCA of each point's k nearest neighbours gives the tangent plane; the sign is propagated along a
 minimum spanning tree of the neighbour graph weighted by 1 − |nᵢ·nⱼ| (Hoppe et al. 1992), so it
-flips only where neighbouring planes agree, rooted in each connected piece at its highest point
-with the normal pointing up (+z), which is outward for a closed surface. Propagation can still
+flips only where neighbouring planes agree; each connected piece then gets the sign whose normals
+have positive flux Σ nᵢ·(pᵢ − centroid), which is outward for a closed surface. Propagation can still
 err on thin parts and noise, so the SDF loss trusts these signs only early in training and uses
 them sign-agnostically afterwards. The neighbour query also yields each point's local spacing,
 which sets the scale of the near-surface samples (IGR's local σ).
@@ -59,10 +59,14 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
     for part in range(n_parts):
         members = np.flatnonzero(labels == part)
         root = int(members[np.argmax(points[members, 2])])
-        if oriented[root, 2] < 0:
-            oriented[root] *= -1
         order, parent = breadth_first_order(tree, root, directed=False, return_predecessors=True)
         _propagate(oriented, order, parent)
+        # One sign for the whole piece: outward normals have positive flux of the position field,
+        # ∮ n·(p − c) dA = 3 × volume > 0 (divergence theorem), a vote of every point rather than of
+        # one root whose normal may lie flat (the top of a sharp edge).
+        flux = np.einsum("ij,ij->", oriented[members], points[members] - points[members].mean(axis=0))
+        if flux < 0:
+            oriented[members] *= -1
     return oriented
 
 

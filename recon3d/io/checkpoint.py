@@ -3,8 +3,10 @@
 Keys: ``format`` ("recon3d"), ``version``, ``kind`` (sdf | occupancy | nerf), ``level``, ``field``
 (constructor arguments), ``state_dict``, ``to_world`` ({"scale": s, "translation": [tx, ty, tz]}:
 x_world = s · x_field + t), ``bounds`` (2×3 box in field coordinates holding the data), ``train``
-(settings, steps done, loss history, seconds, device, versions) and, while training is unfinished,
-``resume`` (optimiser and RNG state). A stranger's file cannot run code: torch's weights-only
+(settings, steps done, loss history, seconds, device, versions), optionally ``support`` (fit-sdf: a
+voxel-thinned copy of the scan, ``points`` (M,3) and ``radius`` (M,) float16 in field coordinates, with
+which extraction drops closed pieces no scan point is near; see recon3d.mesh.support) and, while
+training is unfinished, ``resume`` (optimiser and RNG state). A stranger's file cannot run code: torch's weights-only
 unpickler refuses anything but tensors and plain containers.
 """
 
@@ -93,6 +95,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "seconds": train.get("seconds"),
         "complete": train.get("complete", True),
         "resumable": "resume" in checkpoint,
+        "support_points": int(len(checkpoint["support"]["points"])) if "support" in checkpoint else None,
         "final_loss": history[-1][1] if history else None,
         **{key: train[key] for key in _METHOD_RECORDS if key in train},
         "device": train.get("device"),
@@ -101,7 +104,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Method-specific training records that ``info`` shows when a checkpoint has them.
-_METHOD_RECORDS = ("points", "normals", "input", "size", "labels", "threshold", "scene", "images", "width",
+_METHOD_RECORDS = ("points", "normals", "noise_ratio", "denoised", "input", "size", "labels", "threshold", "scene", "images", "width",
                    "height", "downscale", "background", "near", "far", "psnr", "samples_per_second")
 
 

@@ -2,7 +2,8 @@
 
 Pipeline: sample the field (dense grid, or coarse-to-fine blocks near the surface) → marching cubes on
 canonical values, on the field's device (:mod:`recon3d.mesh.cubes`; scikit-image's Lewiner per block +
-weld as the reference, ``marching="lewiner"``) → optional largest component → vertex normals. The
+weld as the reference, ``marching="lewiner"``) → drop closed pieces the data does not support (when a
+``support`` is given) → optional largest component → vertex normals. The
 lattice is padded with an outside value, so the mesh is closed even where the surface leaves the box.
 """
 
@@ -20,6 +21,7 @@ from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
 from recon3d.mesh import cubes, marching
 from recon3d.mesh.grid import FieldFn, Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
+from recon3d.mesh.support import supported_faces
 from recon3d.types import TriMesh
 
 _INSIDE = {"below": 1.0, "above": -1.0}  # canonical sign: u = sign * (f - level) is > 0 outside
@@ -38,6 +40,7 @@ class ExtractResult:
     resolution: tuple[int, int, int]  # sampled cells per axis
     seconds: dict[str, float]  # evaluate, marching_cubes, cleanup, normals, total
     lattice_queries: int = 0  # field evaluations on the lattice alone (what MISE saves against dense)
+    dropped: int = 0  # closed pieces dropped for lack of data support
 
 
 def extract_mesh(
@@ -55,6 +58,7 @@ def extract_mesh(
     progress: ProgressFn | None = None,
     refine: int = 0,
     marching_cubes: str = "table",
+    support: dict[str, np.ndarray] | None = None,
 ) -> ExtractResult:
     """Extract the closed surface ``f = level`` of ``field_fn`` inside ``bounds``.
 
@@ -68,7 +72,8 @@ def extract_mesh(
     steps move each vertex along the field's gradient onto ``f = level`` (at most half a cell in all),
     which sharpens fields that are far from linear across a cell, such as occupancy logits.
     ``marching_cubes``: ``"table"`` (all cells at once on ``device``, asymptotic decider on faces) or
-    ``"lewiner"`` (scikit-image, block by block on the CPU, then welded). ``progress`` is called as ``progress(stage, fraction)``.
+    ``"lewiner"`` (scikit-image, block by block on the CPU, then welded). ``support`` (see
+:mod:`recon3d.mesh.support`, field coordinates) drops closed pieces that no data point is near. ``progress`` is called as ``progress(stage, fraction)``.
     """
     start = time.perf_counter()
     _check_options(inside, method, normals, chunk, lipschitz)
@@ -90,7 +95,12 @@ def extract_mesh(
         else:
             values, origins = sampled.values.cpu().numpy(), sampled.origins.cpu().numpy()
             verts, faces = marching.weld(*marching.triangulate_blocks(values, origins, progress))
+    dropped = 0
     with _timed(seconds, "cleanup"):
+        if support is not None and len(faces):
+            keep, dropped = supported_faces(lattice.to_field(verts), faces, support)
+            if dropped:
+                verts, faces = marching.compact(verts, faces[keep])
         if largest_component:
             verts, faces = marching.largest_component(verts, faces)
     vertices = lattice.to_field(verts)
@@ -101,7 +111,7 @@ def extract_mesh(
         vertex_normals = _normals(normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
     mesh = TriMesh(vertices=vertices, faces=faces, vertex_normals=vertex_normals)
-    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries)
+    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries, dropped)
 
 
 def _check_options(inside: str, method: str, normals: str, chunk: int, lipschitz: float | None) -> None:

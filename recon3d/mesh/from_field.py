@@ -27,6 +27,7 @@ class MeshOptions:
     chunk: int = 2**18
     refine: int = 0  # Newton steps moving vertices onto the level (opt-in)
     marching_cubes: str = "table"  # "table" (torch, on the device) or "lewiner" (scikit-image, CPU)
+    keep_unsupported: bool = False  # keep closed pieces with no scan point near them (SDF fits)
 
 
 def logit(tau: float) -> float:
@@ -77,6 +78,20 @@ def vertex_colors(field: torch.nn.Module, vertices: np.ndarray, device: torch.de
     return (rgb.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
+def data_support(checkpoint: dict, options: MeshOptions) -> dict[str, np.ndarray] | None:
+    """The scan's support picture (fit-sdf checkpoints), used at the checkpoint's own level only.
+
+    An offset surface (``--level``) lies away from the scan by design, so nothing is dropped there.
+    """
+    support = checkpoint.get("support")
+    if support is None or options.keep_unsupported:
+        return None
+    if options.level is not None and float(options.level) != float(checkpoint["level"]):
+        return None
+    return {key: np.asarray(value.float().numpy() if torch.is_tensor(value) else value, dtype=np.float32)
+            for key, value in support.items()}
+
+
 def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.device,
                          progress=None) -> tuple[TriMesh, dict]:
     """Extract the checkpoint's surface; vertices and normals in the input's units."""
@@ -87,12 +102,13 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     refine = int(options.refine or 0)
     resolution = int(options.resolution or default_resolution(device))
     inside = checkpoint.get("inside", checkpoint["field"].get("inside", "below"))
+    support = data_support(checkpoint, options)
     result = extract_mesh(
         field_fn, np.asarray(checkpoint["bounds"], dtype=np.float64), resolution=resolution, level=level,
         inside=inside, method=options.method, device=device, chunk=options.chunk,
         largest_component=options.largest_component, normals=options.normals,
         lipschitz=1.0 if checkpoint["kind"] == "sdf" else None, progress=progress, refine=refine,
-        marching_cubes=options.marching_cubes,
+        marching_cubes=options.marching_cubes, support=support,
     )
     mesh = result.mesh
     if is_radiance and mesh.n_vertices:
@@ -103,5 +119,6 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
                     vertex_colors=mesh.vertex_colors)
     stats = {"vertices": world.n_vertices, "faces": world.n_faces, "resolution": list(result.resolution),
              "level": shown_level, "queries": int(result.queries),
-             "lattice_queries": int(result.lattice_queries), "seconds": result.seconds}
+             "lattice_queries": int(result.lattice_queries), "dropped_unsupported": int(result.dropped),
+             "seconds": result.seconds}
     return world, stats

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes
+
+from recon3d.mesh.support import component_labels
 
 ProgressFn = Callable[[str, float], None]
 Mesh = tuple[np.ndarray, np.ndarray]  # vertices (V, 3) float64, faces (F, 3) int64
@@ -82,10 +82,7 @@ def largest_component(verts: np.ndarray, faces: np.ndarray) -> Mesh:
     """Keep the connected component (faces sharing vertices) with the most faces."""
     if len(faces) == 0:
         return empty_mesh()
-    edges = np.concatenate((faces[:, :2], faces[:, 1:]))
-    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(len(verts),) * 2)
-    count, labels = connected_components(graph, directed=False)
-    face_labels = labels[faces[:, 0]]
+    count, face_labels = component_labels(len(verts), faces)
     best = np.bincount(face_labels, minlength=count).argmax()
     return compact(verts, faces[face_labels == best])
 
