@@ -9,7 +9,7 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
-(e.g. ``const.FAR_SLACK=0.02``) for that configuration; ``resolution`` and ``keep_unsupported`` go to
+(e.g. ``const.FAR_SLACK=0.02``) for that configuration; ``resolution``, ``refine`` and ``keep_unsupported`` go to
 extraction; other keys are fit-sdf options.
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
         name, cloud, reference = load_case(case, args.data)
         for config in args.config:
             preset, kwargs = parse_config(config)
-            mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution", "keep_unsupported") if k in kwargs}
+            mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution", "keep_unsupported", "refine") if k in kwargs}
             constants = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("const.")}
             saved = {const: getattr(sdf_fit, const) for const in constants}
             for const, value in constants.items():
@@ -116,7 +116,8 @@ def main() -> None:
             t1 = time.perf_counter()
             mesh, stats = mesh_from_checkpoint(load_checkpoint(ckpt), MeshOptions(
                 resolution=mesh_kwargs.get("resolution", args.resolution),
-                keep_unsupported=bool(mesh_kwargs.get("keep_unsupported", False))), device)
+                keep_unsupported=bool(mesh_kwargs.get("keep_unsupported", False)),
+                refine=int(mesh_kwargs.get("refine", 0))), device)
             synchronize(device)
             t2 = time.perf_counter()
             metrics = evaluate(mesh, reference)

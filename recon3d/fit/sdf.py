@@ -315,7 +315,7 @@ def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float],
             far, u = values[2 * batch:], x[2 * batch:]
             # Where the scan vouches for the side (sign_claims) the field must be on it: c · f ≥ d − slack.
             # Early on only: once a trapped region has flipped, |f| keeps it, and a hole's patch may settle.
-            claim = sample_distance(scan.sign_claims, u, mode="nearest") if step_index < claims_until else far * 0
+            claim = sample_distance(scan.sign_claims, u, mode="nearest") if step_index < claims_until else torch.zeros_like(far)
             gap = sample_distance(scan.distance_grid, u) - FAR_SLACK - torch.where(claim != 0, claim * far, far.abs())
             to_box = box_distance(scan.data_box, u)
             box_gap = torch.where(to_box > 0, to_box - far, torch.zeros_like(far))  # inside: no claim
