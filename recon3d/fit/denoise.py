@@ -13,7 +13,10 @@ neighbourhood while keeping the surface where the samples are.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
+
+from recon3d.fit.normals import plane_fits
 
 #: Neighbours for the noise measure (the smoothing's own count is fit-sdf's SMOOTH_NEIGHBOURS).
 NOISE_NEIGHBOURS = 16
@@ -25,18 +28,8 @@ NOISE_THRESHOLD = 0.15
 DENOISE_MODES = ("auto", "on", "off")
 
 
-def _plane_fits(points: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centroids (n,3), unit normals (n,3), smallest eigenvalue (n,)) of each neighbourhood (n,k)."""
-    nb = points[neighbours]
-    centroid = nb.mean(axis=1)
-    centred = nb - centroid[:, None, :]
-    cov = np.einsum("nki,nkj->nij", centred, centred) / neighbours.shape[1]
-    values, vectors = np.linalg.eigh(cov)
-    return centroid, vectors[:, :, 0], np.maximum(values[:, 0], 0.0)
-
-
 def noise_ratio(points: np.ndarray, tree: cKDTree | None = None, k: int = NOISE_NEIGHBOURS,
-                sample: int = NOISE_SAMPLE, seed: int = 0) -> float:
+                sample: int = NOISE_SAMPLE, seed: int = 0, device: torch.device | str | None = None) -> float:
     """Median RMS off-plane distance of k neighbours over median k-th neighbour distance (see module)."""
     points = np.asarray(points, dtype=np.float64)
     k = int(min(k, len(points)))
@@ -46,22 +39,27 @@ def noise_ratio(points: np.ndarray, tree: cKDTree | None = None, k: int = NOISE_
     rng = np.random.default_rng(seed)
     subset = rng.choice(len(points), size=min(sample, len(points)), replace=False)
     dist, neighbours = tree.query(points[subset], k=k, workers=-1)
-    _, _, smallest = _plane_fits(points, neighbours)
+    _, _, smallest = plane_fits(points, neighbours, device)
     spacing = float(np.median(dist[:, -1]))
     return float(np.median(np.sqrt(smallest)) / spacing) if spacing > 0 else 0.0
 
 
-def project_to_planes(points: np.ndarray, k: int, chunk: int = 100_000) -> np.ndarray:
-    """Each point moved onto the least-squares plane of its k nearest neighbours (same dtype)."""
+def project_to_planes(points: np.ndarray, k: int, device: torch.device | str | None = None,
+                      chunk: int = 500_000) -> np.ndarray:
+    """Each point moved onto the least-squares plane of its k nearest neighbours (same dtype).
+
+    Queried in chunks so that a 10M-point scan never holds all k·N neighbour ids at once.
+    """
     k = int(min(k, len(points)))
     if k < 4:
         return points.copy()
     work = np.asarray(points, dtype=np.float64)
-    _, neighbours = cKDTree(work).query(work, k=k, workers=-1)
+    tree = cKDTree(work)
     out = np.empty_like(work)
     for start in range(0, len(work), chunk):
         stop = min(start + chunk, len(work))
-        centroid, normal, _ = _plane_fits(work, neighbours[start:stop])
+        _, neighbours = tree.query(work[start:stop], k=k, workers=-1)
+        centroid, normal, _ = plane_fits(work, neighbours, device)
         offset = np.einsum("ij,ij->i", work[start:stop] - centroid, normal)
         out[start:stop] = work[start:stop] - offset[:, None] * normal
     return out.astype(points.dtype)

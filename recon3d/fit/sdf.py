@@ -180,16 +180,16 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     if float(np.ptp(points, axis=0).min()) < 1e-6:
         warn(f"{source}: the points are flat (zero extent along one axis); the surface will be a thin shell")
     t0 = time.perf_counter()
-    ratio = noise_ratio(points)
+    ratio = noise_ratio(points, device=device)
     smoothed = denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)
     if smoothed:
-        points = project_to_planes(points, SMOOTH_NEIGHBOURS)
+        points = project_to_planes(points, SMOOTH_NEIGHBOURS, device)
         info(f"{source}: noise {ratio:.2f} of the point spacing: points smoothed onto the planes of their "
              f"{SMOOTH_NEIGHBOURS} neighbours (--denoise off keeps them)")
     origin = "none" if normals_mode == "ignore" else (
         "file" if cloud.normals is not None and normals_mode == "auto" else "estimated")
     # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
-    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated")
+    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device)
     normals = None
     if origin == "file":
         normals = cloud.normals.astype(np.float32)
