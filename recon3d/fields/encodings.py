@@ -4,7 +4,8 @@ Each encoding maps (N, in_dim) points in the normalised cube [-1, 1]^3 to (N, ou
 - ``FrequencyEncoding``: NeRF's positional encoding [x, sin(2^k πx), cos(2^k πx)], k < L.
 - ``FourierFeatures``: random Gaussian Fourier features (Tancik et al. 2020).
 - ``HashGridEncoding``: instant-ngp's multiresolution hash grid, written in plain torch so it runs
-  on CPU and GPU and supports double backward (needed by the eikonal term).
+  on CPU and GPU; it supports double backward, and gives its Jacobian ∂h/∂x directly
+  (``forward_with_jacobian``) so that the eikonal term needs only first-order autograd.
 - ``SphericalHarmonicsEncoding``: real spherical harmonics of unit directions (view directions of
   radiance fields), the basis of instant-ngp / tiny-cuda-nn.
 """
@@ -115,15 +116,64 @@ class HashGridEncoding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same values as the textbook formulation (tests/test_radiance.py compares with a reference
         # copy; forward bit-identical), about 2x faster: layout (N, L, …) so the output needs no
-        # permute; only the two candidate coordinates per axis are scaled/hashed, (N,L,3,2), and
-        # the 8 corners are combined by broadcasting, so (N,L,8) tensors are only the index and the
-        # weights; dense levels are a prefix (resolutions grow) and get their own combine (sum)
-        # instead of computing dense and hashed indices for every level and selecting one; hashes
-        # are reduced per axis, (a^b^c) & m = (a&m)^(b&m)^(c&m), tables being powers of two.
-        # index_select backward is index_add (scatter-add on CPU, atomics on CUDA), not advanced
-        # indexing's index_put(accumulate) (sort-based on CUDA); on CUDA it is bitwise reproducible
-        # only under torch.use_deterministic_algorithms(True). int64 indices: int32 ones made the
-        # CPU index_add 3x slower.
+        # permute; the 8 corners are combined by broadcasting, so (N,L,8) tensors are only the index
+        # and the weights (see _lookup for the index).
+        n, n_levels = x.shape[0], self.n_levels
+        index, frac = self._lookup(x)
+        w = torch.stack((1.0 - frac, frac), dim=-1)  # (N,L,3,2)
+        # (w0·w1)·w2 in this order: the same rounding as the per-corner product.
+        weights = (w[:, :, 0, None, None, :] * w[:, :, 1, None, :, None]) * w[:, :, 2, :, None, None]
+        weights = weights.reshape(n, n_levels, 8)
+        features = self.embeddings.index_select(0, index.view(-1)).view(n, n_levels, 8, self.n_features)
+        out = (weights[..., None] * features).sum(dim=2)  # (N,L,F)
+        out = out * self.level_mask[:, None]
+        return out.reshape(n, self.out_dim)
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoding (N, D) and its Jacobian ∂h/∂x (N, D, 3), both differentiable in the embeddings.
+
+        For the eikonal term: ∇ₓf = ∂f/∂h · ∂h/∂x computed this way needs only first-order autograd
+        through the grid (the Jacobian is linear in the embeddings), where autograd's ∇ₓ with
+        create_graph=True differentiates the whole interpolation twice. Not differentiable in x.
+        Trilinear interpolation as three rounds of lerps, axis by axis: the derivative along an axis
+        is the difference of the two sides instead of the lerp, so both come from the same partial sums.
+        """
+        n, n_levels, n_feat = x.shape[0], self.n_levels, self.n_features
+        with torch.no_grad():
+            index, frac = self._lookup(x)
+            # d unit / dx = 1/2 inside the cube and 0 where the coordinates are clamped.
+            inside = ((x >= -1.0) & (x <= 1.0)).to(frac.dtype)  # (N,3)
+            scale = 0.5 * self.resolutions.to(frac.dtype)[:, None] * inside[:, None, :]  # (N,L,3)
+            scale = scale * self.level_mask[:, None]
+        feat = self.embeddings.index_select(0, index.view(-1)).view(n, n_levels, 2, 2, 2, n_feat)  # b2,b1,b0
+        t0, t1, t2 = (frac[:, :, axis].to(feat.dtype) for axis in range(3))
+        # Axis 0 (b0): four edges of the cell.
+        d0 = feat[:, :, :, :, 1] - feat[:, :, :, :, 0]  # (N,L,2,2,F)
+        a = feat[:, :, :, :, 0] + t0[:, :, None, None, None] * d0
+        # Axis 1 (b1): two faces.
+        d1 = a[:, :, :, 1] - a[:, :, :, 0]  # (N,L,2,F)
+        b = a[:, :, :, 0] + t1[:, :, None, None] * d1
+        e0 = d0[:, :, :, 0] + t1[:, :, None, None] * (d0[:, :, :, 1] - d0[:, :, :, 0])
+        # Axis 2 (b2): the point.
+        t2 = t2[:, :, None]
+        d2 = b[:, :, 1] - b[:, :, 0]  # (N,L,F)
+        out = (b[:, :, 0] + t2 * d2) * self.level_mask[:, None]
+        g0 = e0[:, :, 0] + t2 * (e0[:, :, 1] - e0[:, :, 0])
+        g1 = d1[:, :, 0] + t2 * (d1[:, :, 1] - d1[:, :, 0])
+        jac = torch.stack((g0, g1, d2), dim=-1) * scale[:, :, None, :]  # (N,L,F,3)
+        return out.reshape(n, self.out_dim), jac.reshape(n, self.out_dim, 3)
+
+    def _lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table rows of the 8 cell corners (N,L,8), ordered (b2,b1,b0), and the position in the cell (N,L,3).
+
+        Only the two candidate coordinates per axis are scaled/hashed, (N,L,3,2), and combined by
+        broadcasting; dense levels are a prefix (resolutions grow) and get their own combine (sum)
+        instead of computing dense and hashed indices for every level and selecting one; hashes are
+        reduced per axis, (a^b^c) & m = (a&m)^(b&m)^(c&m), tables being powers of two. index_select
+        backward is index_add (scatter-add on CPU, atomics on CUDA), not advanced indexing's
+        index_put(accumulate) (sort-based on CUDA); on CUDA it is bitwise reproducible only under
+        torch.use_deterministic_algorithms(True). int64 indices: int32 ones made the CPU index_add 3x slower.
+        """
         n, n_levels = x.shape[0], self.n_levels
         unit = ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)  # (N,3) in [0,1]
         res = self.resolutions.to(torch.float32)[:, None]  # (L,1)
@@ -144,15 +194,7 @@ class HashGridEncoding(nn.Module):
             hashed = index[:, n_dense:]
             torch.bitwise_xor(pair, axis[:, :, 0, None, None, :], out=hashed)
             hashed += self.offsets[n_dense:, None, None, None]
-        index = index.view(n, n_levels, 8)
-        w = torch.stack((1.0 - frac, frac), dim=-1)  # (N,L,3,2)
-        # (w0·w1)·w2 in this order: the same rounding as the per-corner product.
-        weights = (w[:, :, 0, None, None, :] * w[:, :, 1, None, :, None]) * w[:, :, 2, :, None, None]
-        weights = weights.reshape(n, n_levels, 8)
-        features = self.embeddings.index_select(0, index.view(-1)).view(n, n_levels, 8, self.n_features)
-        out = (weights[..., None] * features).sum(dim=2)  # (N,L,F)
-        out = out * self.level_mask[:, None]
-        return out.reshape(n, self.out_dim)
+        return index.view(n, n_levels, 8), frac
 
 
 class SphericalHarmonicsEncoding(nn.Module):

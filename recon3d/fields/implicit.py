@@ -42,10 +42,33 @@ class ImplicitField(nn.Module):
 
 
 def gradient(field: nn.Module, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return f(x) and ∇ₓf(x) by autograd (create_graph=True so losses on ∇f can be trained)."""
+    """Return f(x) and ∇ₓf(x) (create_graph=True so losses on ∇f can be trained).
+
+    A field whose encoding knows its own Jacobian (the hash grid) gets ∇ₓf = ∂f/∂x + ∂f/∂h · ∂h/∂x,
+    with autograd only through the MLP: the same gradient and the same parameter gradients of any
+    loss on it, for about half the work of differentiating the interpolation twice. Other fields
+    use autograd. Either way ∇ₓf is not itself differentiable in x (no loss needs that).
+    """
+    encoding = getattr(field, "encoding", None)
+    if create_graph and getattr(field, "prepend_input", False) and hasattr(encoding, "forward_with_jacobian"):
+        return _gradient_by_jacobian(field, x)
     with torch.enable_grad():
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         values = field(x)
         (grad,) = torch.autograd.grad(values.sum(), x, create_graph=create_graph)
+    return values, grad
+
+
+def _gradient_by_jacobian(field: "ImplicitField", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.enable_grad():
+        x = x.detach()
+        encoded, jacobian = field.encoding.forward_with_jacobian(x)
+        inputs = torch.cat([x, encoded.to(x.dtype)], dim=-1)
+        if not inputs.requires_grad:  # frozen embeddings: still differentiate the MLP in its inputs
+            inputs.requires_grad_(True)
+        values = field.mlp(inputs).squeeze(-1)
+        (outer,) = torch.autograd.grad(values.sum(), inputs, create_graph=True)
+        outer = outer.to(jacobian.dtype)
+        grad = outer[:, :3] + (outer[:, 3:, None] * jacobian).sum(dim=1)
     return values, grad
