@@ -9,8 +9,8 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
-(e.g. ``const.FAR_SLACK=0.02``) for that configuration; ``resolution``, ``refine`` and ``keep_unsupported`` go to
-extraction; other keys are fit-sdf options.
+(e.g. ``const.FAR_SLACK=0.02``) for that configuration; ``train.K`` sets a training setting (e.g. ``train.lr_final_ratio=0.01``);
+``resolution``, ``refine`` and ``keep_unsupported`` go to extraction; other keys are fit-sdf options.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from recon3d.device import resolve_device, synchronize
 from recon3d.fit import sdf as sdf_fit
-from recon3d.fit.sdf import SDFOptions, fit_sdf
+from recon3d.fit.sdf import SDFOptions, fit_sdf, resolve_preset
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.mesh import read_mesh
 from recon3d.io.pointcloud import read_point_cloud
@@ -82,6 +82,16 @@ def patched_preset(preset: str, kwargs: dict) -> str:
     return "sweep"
 
 
+def with_training(resolve, training: dict):
+    """``resolve_preset`` with the ``train.K`` keys set on its TrainSettings (e.g. lr_final_ratio)."""
+    def resolved(options, device):
+        config = resolve(options, device)
+        for key, value in training.items():
+            setattr(config["settings"], key, value)
+        return config
+    return resolved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path("data"))
@@ -104,12 +114,15 @@ def main() -> None:
             saved = {const: getattr(sdf_fit, const) for const in constants}
             for const, value in constants.items():
                 setattr(sdf_fit, const, value)
+            training = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("train.")}
             options = SDFOptions(preset=patched_preset(preset, kwargs), **kwargs)
             ckpt = args.work / "model.pt"
             t0 = time.perf_counter()
             try:
+                sdf_fit.resolve_preset = with_training(resolve_preset, training)
                 fit = fit_sdf(cloud, options, ckpt, device, source=name, show_progress=False)
             finally:
+                sdf_fit.resolve_preset = resolve_preset
                 for const, value in saved.items():
                     setattr(sdf_fit, const, value)
             synchronize(device)

@@ -141,6 +141,23 @@ def test_prepare_scan_denoises_noisy_scans_only_in_auto():
         fit_sdf(clean, SDFOptions(denoise="sometimes"), Path("unused.pt"), CPU)
 
 
+def test_clean_scans_anneal_further_than_noisy_ones(tmp_path):
+    """The schedule's final learning rate follows the measured noise (see sdf.CLEAN_LR_FINAL), is stored
+    in the checkpoint, and a resumed run keeps it."""
+    clean = sample_sphere(2000, seed=0)
+    noisy = PointCloud(clean.points + np.random.default_rng(1).normal(scale=0.02, size=clean.points.shape), None)
+    ratios = {}
+    for name, cloud in (("clean", PointCloud(clean.points, None)), ("noisy", noisy)):
+        fit_sdf(cloud, SDFOptions(steps=4, batch=256), tmp_path / f"{name}.pt", CPU, show_progress=False)
+        train = load_checkpoint(tmp_path / f"{name}.pt")["train"]
+        ratios[name] = (train["noise_ratio"], train["config"]["settings"]["lr_final_ratio"])
+    assert ratios["clean"][0] < sdf_fit.CLEAN_NOISE <= ratios["noisy"][0], ratios
+    assert ratios["clean"][1] == sdf_fit.CLEAN_LR_FINAL and ratios["noisy"][1] == 0.05
+    resumed = load_checkpoint(tmp_path / "clean.pt")
+    settings = sdf_fit.run_config(SDFOptions(steps=8), CPU, {**resumed, "resume": {}}, sdf_fit.resolve_preset)["settings"]
+    assert settings.lr_final_ratio == sdf_fit.CLEAN_LR_FINAL and settings.steps == 8
+
+
 # ---------------------------------------------------------------------------------- data support
 
 
