@@ -41,16 +41,18 @@ class ImplicitField(nn.Module):
         return self.mlp(features).squeeze(-1)
 
 
-def gradient(field: nn.Module, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def gradient(field: nn.Module, x: torch.Tensor, create_graph: bool = True,
+             jacobian: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Return f(x) and ∇ₓf(x) (create_graph=True so losses on ∇f can be trained).
 
     A field whose encoding knows its own Jacobian (the hash grid) gets ∇ₓf = ∂f/∂x + ∂f/∂h · ∂h/∂x,
     with autograd only through the MLP: the same gradient and the same parameter gradients of any
     loss on it, for about half the work of differentiating the interpolation twice. Other fields
-    use autograd. Either way ∇ₓf is not itself differentiable in x (no loss needs that).
+    use autograd, as does ``jacobian=False`` (for comparisons). ∇ₓf from the Jacobian is not itself
+    differentiable in x (no loss needs that).
     """
     encoding = getattr(field, "encoding", None)
-    if create_graph and getattr(field, "prepend_input", False) and hasattr(encoding, "forward_with_jacobian"):
+    if jacobian and create_graph and getattr(field, "prepend_input", False) and hasattr(encoding, "forward_with_jacobian"):
         return _gradient_by_jacobian(field, x)
     with torch.enable_grad():
         if not x.requires_grad:
