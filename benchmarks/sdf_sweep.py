@@ -9,7 +9,8 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
-(e.g. ``const.FAR_SLACK=0.02``) for that configuration; ``train.K`` sets a training setting (e.g. ``train.lr_final_ratio=0.01``);
+(e.g. ``const.FAR_SLACK=0.02``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals
+(e.g. ``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.lr_final_ratio=0.01``);
 ``resolution``, ``refine`` and ``keep_unsupported`` go to extraction; other keys are fit-sdf options.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from recon3d.device import resolve_device, synchronize
+from recon3d.fit import normals as normals_fit
 from recon3d.fit import sdf as sdf_fit
 from recon3d.fit.sdf import SDFOptions, fit_sdf, resolve_preset
 from recon3d.io.checkpoint import load_checkpoint
@@ -110,10 +112,11 @@ def main() -> None:
         for config in args.config:
             preset, kwargs = parse_config(config)
             mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution", "keep_unsupported", "refine") if k in kwargs}
-            constants = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("const.")}
-            saved = {const: getattr(sdf_fit, const) for const in constants}
-            for const, value in constants.items():
-                setattr(sdf_fit, const, value)
+            constants = {(sdf_fit if k.startswith("const.") else normals_fit, k.split(".", 1)[1]): kwargs.pop(k)
+                         for k in list(kwargs) if k.startswith(("const.", "normals."))}
+            saved = {key: getattr(*key) for key in constants}
+            for (module, const), value in constants.items():
+                setattr(module, const, value)
             training = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("train.")}
             options = SDFOptions(preset=patched_preset(preset, kwargs), **kwargs)
             ckpt = args.work / "model.pt"
@@ -123,8 +126,8 @@ def main() -> None:
                 fit = fit_sdf(cloud, options, ckpt, device, source=name, show_progress=False)
             finally:
                 sdf_fit.resolve_preset = resolve_preset
-                for const, value in saved.items():
-                    setattr(sdf_fit, const, value)
+                for (module, const), value in saved.items():
+                    setattr(module, const, value)
             synchronize(device)
             t1 = time.perf_counter()
             mesh, stats = mesh_from_checkpoint(load_checkpoint(ckpt), MeshOptions(

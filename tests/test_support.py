@@ -106,6 +106,21 @@ def test_orientation_is_outward_when_the_top_is_a_sharp_edge(seed):
     assert np.mean(agree > 0) > 0.9, np.mean(agree > 0)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_orientation_keeps_the_two_faces_of_a_thin_slab_apart(seed):
+    """A closed slab 1.4 point spacings thick: 16 neighbours reach across it and both faces fit the
+    same plane, so 1 − |nᵢ·nⱼ| alone lets the tree cross and sign both faces alike (half wrong); the
+    cost of leaving the tangent plane keeps the tree on each face."""
+    slab = trimesh.creation.box(extents=(1.6, 1.6, 0.05))
+    points, faces = trimesh.sample.sample_surface(slab, 20_000, seed=seed)
+    points, exact = points.astype(np.float32), slab.face_normals[faces]
+    unoriented, spacing, neighbours = neighbourhood(points)
+    assert 0.05 < 1.6 * float(np.median(spacing))  # the neighbourhoods do span the thickness
+    right = lambda normals: np.mean(np.einsum("ij,ij->i", normals, exact) > 0)  # noqa: E731
+    assert right(orient_normals(points, unoriented, neighbours)) > 0.99
+    assert right(orient_normals(points, unoriented, neighbours, tangent_weight=0.0)) < 0.9  # Hoppe's cost alone
+
+
 # ---------------------------------------------------------------------------------- denoising
 
 
