@@ -110,10 +110,6 @@ SMOOTH_NEIGHBOURS = 64
 #: noise instead (0.1640-0.1642 % → 0.1643-0.1648 %), so noisy scans keep the 5 %.
 CLEAN_NOISE = 0.05
 CLEAN_LR_FINAL = 0.005
-#: Neighbours of the plane fits that estimate normals. Fewer cost thin parts (clean cow, 200k points:
-#: Chamfer-L1 0.099 % → 0.126 % with 12), more cost a real scan's detail (SRB gargoyle without normals:
-#: normal consistency 0.979 → 0.976-0.977 with 32-48; benchmarks/results/h200-sweep-*pca*.json).
-PCA_NEIGHBOURS = 16
 #: Sign claims (see sign_claims): lattice points count as far from the scan beyond
 #: max(one lattice step, FREE_SPACING × the median neighbour distance); CLAIM_NEIGHBOURS normals vote
 #: and CLAIM_VOTE of them (net) must agree.
@@ -200,8 +196,7 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     origin = "none" if normals_mode == "ignore" else (
         "file" if cloud.normals is not None and normals_mode == "auto" else "estimated")
     # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
-    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device,
-                                                    plane_k=PCA_NEIGHBOURS)
+    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device)
     normals = None
     if origin == "file":
         normals = cloud.normals.astype(np.float32)
