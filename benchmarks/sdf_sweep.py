@@ -10,7 +10,8 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
 (e.g. ``const.FAR_SLACK=0.02``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals
-(e.g. ``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.lr_final_ratio=0.01``);
+(e.g. ``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.steps``; note that on clean scans fit-sdf sets
+``lr_final_ratio`` itself afterwards, so sweep that one with ``const.CLEAN_LR_FINAL``);
 ``resolution``, ``refine`` and ``keep_unsupported`` go to extraction; other keys are fit-sdf options.
 """
 
