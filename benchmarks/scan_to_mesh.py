@@ -99,22 +99,49 @@ def weld(mesh: TriMesh) -> TriMesh:
 
 def scan_cases(data: Path, work: Path, names: list[str]) -> list[Case]:
     """Real scans: as they are (file normals) and with the normals dropped; reference = the points."""
-    cases = []
+    sources = []
     for name in names:
         source = data / "scans" / f"{name}.ply"
         if not source.exists():
             log(f"note: {source} is missing; skipping the {name} scan")
             continue
+        sources.append((name.removesuffix("_points"), name, source, "real scan"))
+    return _cloud_cases(work, sources)
+
+
+def shapenet_cases(data: Path, work: Path) -> list[Case]:
+    """ShapeNet objects in the Occupancy Networks format (data/shapenet/CATEGORY/ID/pointcloud.npz),
+    with their file normals and without; reference = the points.
+
+    The normals of these files are the faces' of the raw double-sided models: half point each way.
+    """
+    names = {}
+    metadata = data / "shapenet" / "metadata.yaml"
+    if metadata.exists():  # JSON is YAML; the file maps category ids to names
+        names = {key: value.get("name", key) for key, value in json.loads(metadata.read_text()).items()}
+    sources = []
+    for source in sorted((data / "shapenet").glob("*/*/pointcloud.npz")):
+        category, model = source.parent.parent.name, source.parent.name
+        label = f"shapenet {names.get(category, category)}"
+        sources.append((label, f"shapenet-{category}-{model[:8]}", source, "ShapeNet points"))
+    if not sources:
+        log(f"note: no {data / 'shapenet'}/*/*/pointcloud.npz; skipping ShapeNet")
+    return _cloud_cases(work, sources)
+
+
+def _cloud_cases(work: Path, sources: list[tuple[str, str, Path, str]]) -> list[Case]:
+    """(display name, file stem, source, noise label) → cases with file normals (when there are any)
+    and without; reference = the points themselves."""
+    cases = []
+    for label, stem, source, noise in sources:
         cloud = read_point_cloud(source)
         reference = PointCloud(points=cloud.points.copy(), normals=cloud.normals)
         variants = [("file", cloud)] if cloud.normals is not None else []
         variants.append(("none", PointCloud(points=cloud.points, normals=None)))
         for normals, variant in variants:
-            path = work / (f"{name}.ply" if normals == "file" else f"{name}-nonormals.ply")
+            path = work / (f"{stem}.ply" if normals == "file" else f"{stem}-nonormals.ply")
             _write(path, variant)
-            cases.append(Case(name.removesuffix("_points"), path, len(variant), normals, "real scan",
-                              lambda r=reference: r,
-                              "input points"))
+            cases.append(Case(label, path, len(variant), normals, noise, lambda r=reference: r, "input points"))
     return cases
 
 
@@ -172,6 +199,7 @@ def prepare_cases(args: argparse.Namespace, work: Path) -> list[Case]:
         cases = scan_cases(args.data, work, ["gargoyle", "armadillo_points"])
         cases += mesh_cases(args.data, work, meshes, args.points)
         cases.append(synthetic_case(work, args.points))
+        cases += shapenet_cases(args.data, work)
     if args.only:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
         cases = [case for case in cases if any(w in case.slug for w in wanted)]

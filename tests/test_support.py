@@ -16,7 +16,7 @@ from recon3d.cli import app
 from recon3d.errors import Recon3dError
 from recon3d.fit import sdf as sdf_fit
 from recon3d.fit.denoise import noise_ratio, project_to_planes
-from recon3d.fit.normals import neighbourhood, orient_normals
+from recon3d.fit.normals import neighbourhood, orient_normals, sign_disagreement
 from recon3d.fit.sdf import SDFOptions, distance_grid, fit_sdf, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint, save_checkpoint
 from recon3d.io.mesh import read_mesh
@@ -106,19 +106,53 @@ def test_orientation_is_outward_when_the_top_is_a_sharp_edge(seed):
     assert np.mean(agree > 0) > 0.9, np.mean(agree > 0)
 
 
+def _slab(n: int = 20_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of a closed slab 1.4 point spacings thick and their outward normals."""
+    slab = trimesh.creation.box(extents=(1.6, 1.6, 0.05))
+    points, faces = trimesh.sample.sample_surface(slab, n, seed=seed)
+    return points.astype(np.float32), slab.face_normals[faces].astype(np.float32)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_orientation_keeps_the_two_faces_of_a_thin_slab_apart(seed):
     """A closed slab 1.4 point spacings thick: 16 neighbours reach across it and both faces fit the
     same plane, so 1 − |nᵢ·nⱼ| alone lets the tree cross and sign both faces alike (half wrong); the
     cost of leaving the tangent plane keeps the tree on each face."""
-    slab = trimesh.creation.box(extents=(1.6, 1.6, 0.05))
-    points, faces = trimesh.sample.sample_surface(slab, 20_000, seed=seed)
-    points, exact = points.astype(np.float32), slab.face_normals[faces]
+    points, exact = _slab(seed=seed)
     unoriented, spacing, neighbours = neighbourhood(points)
     assert 0.05 < 1.6 * float(np.median(spacing))  # the neighbourhoods do span the thickness
     right = lambda normals: np.mean(np.einsum("ij,ij->i", normals, exact) > 0)  # noqa: E731
     assert right(orient_normals(points, unoriented, neighbours)) > 0.99
     assert right(orient_normals(points, unoriented, neighbours, tangent_weight=0.0)) < 0.9  # Hoppe's cost alone
+
+
+def test_sign_disagreement_tells_soups_from_oriented_normals():
+    """Oriented normals (even across a slab thinner than the neighbourhood) disagree almost never;
+    random signs and a double-sided soup (every sample twice, once per side) half the time."""
+    points, normals = _slab()
+    _, _, neighbours = neighbourhood(points)
+    assert sign_disagreement(points, normals, neighbours) < 0.01
+    coin = np.where(np.random.default_rng(99).random(len(points)) < 0.5, -1.0, 1.0).astype(np.float32)  # not the sampling seed
+    assert sign_disagreement(points, normals * coin[:, None], neighbours) > 0.4
+    soup, soup_normals = np.concatenate([points, points]), np.concatenate([normals, -normals])
+    _, _, soup_neighbours = neighbourhood(soup)
+    assert sign_disagreement(soup, soup_normals, soup_neighbours) > 0.4
+
+
+def test_prepare_scan_estimates_normals_when_the_files_signs_disagree(capsys):
+    """Random signs in the file: a warning, then the same normals as for the points alone (outward);
+    consistent normals are used as they are."""
+    cloud = sample_sphere(4000, seed=2)
+    coin = np.where(np.random.default_rng(1).random(len(cloud)) < 0.5, -1.0, 1.0)
+    scan = prepare_scan(PointCloud(cloud.points, cloud.normals * coin[:, None]), "auto", CPU, "coins")
+    assert "estimating normals instead" in capsys.readouterr().err
+    assert scan.origin == "estimated"
+    estimated = prepare_scan(PointCloud(cloud.points), "auto", CPU, "bare")
+    np.testing.assert_array_equal(scan.normals.numpy(), estimated.normals.numpy())
+    assert np.all(np.einsum("ij,ij->i", scan.normals.numpy(), scan.points.numpy()) > 0)  # outward
+    kept = prepare_scan(cloud, "auto", CPU, "sphere")
+    assert kept.origin == "file"
+    np.testing.assert_array_equal(kept.normals.numpy(), cloud.normals.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------- denoising

@@ -68,6 +68,40 @@ def plane_fits(points: np.ndarray, neighbours: np.ndarray, device: torch.device 
 
 #: Weight of the across-the-plane term of the orientation graph's edges (see orient_normals).
 TANGENT_WEIGHT = 0.5
+#: sign_disagreement's neighbour pairs: both normals within ~17° of the plane of the pair's edge
+#: (|n·e| < 0.3) and the two planes within ~37° of each other (|nᵢ·nⱼ| > 0.8).
+PAIR_IN_PLANE = 0.3
+PAIR_PARALLEL = 0.8
+
+
+def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> float:
+    """Fraction of neighbouring points on one plane whose normals point to opposite sides.
+
+    Consistently oriented normals almost never do: samples of closed meshes give 0-0.03 %, with
+    0.25 % noise 0-0.2 %, the SRB gargoyle scan 0. Normals of a double-sided triangle soup (ShapeNet
+    models sampled as they are) or with random signs give 50 %. Pairs across a thin part are left out:
+    their edge leaves the tangent planes. 0 when no pair qualifies.
+    """
+    n, k = neighbours.shape
+    if k < 2:
+        return 0.0
+    rows = np.repeat(np.arange(n), k - 1)
+    cols = neighbours[:, 1:].reshape(-1)
+    flipped = counted = 0
+    chunk = 4_000_000  # edges at a time, as in orient_normals
+    for start in range(0, len(rows), chunk):
+        r, c = rows[start:start + chunk], cols[start:start + chunk]
+        ni, nj = normals[r], normals[c]
+        edge = points[c] - points[r]
+        length = np.linalg.norm(edge, axis=1)
+        edge /= np.maximum(length, 1e-12)[:, None]
+        dot = np.einsum("ij,ij->i", ni, nj)
+        pair = ((length > 0) & (np.abs(dot) > PAIR_PARALLEL)
+                & (np.abs(np.einsum("ij,ij->i", ni, edge)) < PAIR_IN_PLANE)
+                & (np.abs(np.einsum("ij,ij->i", nj, edge)) < PAIR_IN_PLANE))
+        counted += int(pair.sum())
+        flipped += int((pair & (dot < 0)).sum())
+    return flipped / counted if counted else 0.0
 
 
 def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray,

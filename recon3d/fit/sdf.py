@@ -40,7 +40,7 @@ from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batc
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.denoise import DENOISE_MODES, NOISE_THRESHOLD, noise_ratio, project_to_planes
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
-from recon3d.fit.normals import neighbourhood, orient_normals
+from recon3d.fit.normals import neighbourhood, orient_normals, pca_normals, sign_disagreement
 from recon3d.mesh.support import scan_support
 from recon3d.types import PointCloud
 
@@ -90,6 +90,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 NORMAL_MODES = ("auto", "estimate", "ignore")
 NORMAL_ORIGINS = {"file": "from the file", "estimated": "estimated (PCA, MST-oriented)", "none": "none"}
+#: File normals whose signs disagree between neighbours on one plane more often than this are
+#: replaced by estimated ones (recon3d.fit.normals.sign_disagreement: consistent files 0-0.2 %, soups 50 %).
+SIGN_DISAGREEMENT = 0.1
 #: With estimated normals, their signs are trusted for this fraction of the steps, then only the
 #: tangent plane is (1 − |cos|), so local orientation mistakes cannot pin wrong geometry.
 ORIENTED_FRACTION = 0.5
@@ -200,7 +203,16 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     normals = None
     if origin == "file":
         normals = cloud.normals.astype(np.float32)
-    elif origin == "estimated":
+        disagreement = sign_disagreement(points, normals, neighbours)
+        if disagreement > SIGN_DISAGREEMENT:
+            # A double-sided soup, or a writer that lost the signs: estimate them as for a scan without
+            # normals. (Re-orienting the file's own directions, or trusting only their tangent planes,
+            # did worse on ShapeNet's soups: BENCHMARKS.md, "File normals that disagree".)
+            warn(f"{source}: the file's normals point to opposite sides between neighbours on one plane "
+                 f"({disagreement:.0%} of them); estimating normals instead")
+            origin, normals = "estimated", None
+            unoriented = pca_normals(points, neighbours, device)
+    if origin == "estimated":
         normals = orient_normals(points, unoriented, neighbours)
     info(f"{source}: {len(points):,} points, normals: {NORMAL_ORIGINS[origin]} ({time.perf_counter() - t0:.1f} s)")
     sigma = np.clip(spacing, 1e-4, 0.05)
