@@ -134,6 +134,8 @@ def test_sign_disagreement_tells_soups_from_oriented_normals():
     assert sign_disagreement(points, normals, neighbours) < 0.01
     coin = np.where(np.random.default_rng(99).random(len(points)) < 0.5, -1.0, 1.0).astype(np.float32)  # not the sampling seed
     assert sign_disagreement(points, normals * coin[:, None], neighbours) > 0.4
+    assert sign_disagreement(points, normals, neighbours, sample=2000) < 0.01  # large scans: a subset
+    assert sign_disagreement(points, normals * coin[:, None], neighbours, sample=2000) > 0.4
     soup, soup_normals = np.concatenate([points, points]), np.concatenate([normals, -normals])
     _, _, soup_neighbours = neighbourhood(soup)
     assert sign_disagreement(soup, soup_normals, soup_neighbours) > 0.4

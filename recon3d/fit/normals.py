@@ -74,19 +74,23 @@ PAIR_IN_PLANE = 0.3
 PAIR_PARALLEL = 0.8
 
 
-def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> float:
+def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray,
+                      sample: int = 200_000) -> float:
     """Fraction of neighbouring points on one plane whose normals point to opposite sides.
 
     Consistently oriented normals almost never do: samples of closed meshes give 0-0.03 %, with
     0.25 % noise 0-0.2 %, the SRB gargoyle scan 0. Normals of a double-sided triangle soup (ShapeNet
     models sampled as they are) or with random signs give 50 %. Pairs across a thin part are left out:
-    their edge leaves the tangent planes. 0 when no pair qualifies.
+    their edge leaves the tangent planes. 0 when no pair qualifies. Larger scans are judged on the
+    neighbourhoods of ``sample`` points drawn with a fixed seed (1M points: 2.7 s for all on this
+    project's 2-core CPU).
     """
     n, k = neighbours.shape
     if k < 2:
         return 0.0
-    rows = np.repeat(np.arange(n), k - 1)
-    cols = neighbours[:, 1:].reshape(-1)
+    chosen = np.arange(n) if n <= sample else np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
+    rows = np.repeat(chosen, k - 1)
+    cols = neighbours[chosen, 1:].reshape(-1)
     flipped = counted = 0
     chunk = 4_000_000  # edges at a time, as in orient_normals
     for start in range(0, len(rows), chunk):
