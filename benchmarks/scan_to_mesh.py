@@ -115,10 +115,11 @@ def shapenet_cases(data: Path, work: Path) -> list[Case]:
 
     The normals of these files are the faces' of the raw double-sided models: half point each way.
     """
-    names = {}
     metadata = data / "shapenet" / "metadata.yaml"
-    if metadata.exists():  # JSON is YAML; the file maps category ids to names
+    try:  # the shared copy is JSON (which is YAML): category id → {"name": …}; else ids stay ids
         names = {key: value.get("name", key) for key, value in json.loads(metadata.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        names = {}
     sources = []
     for source in sorted((data / "shapenet").glob("*/*/pointcloud.npz")):
         category, model = source.parent.parent.name, source.parent.name

@@ -82,7 +82,7 @@ def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.nd
     0.25 % noise 0-0.2 %, the SRB gargoyle scan 0. Normals of a double-sided triangle soup (ShapeNet
     models sampled as they are) or with random signs give 50 %. Pairs across a thin part are left out:
     their edge leaves the tangent planes. 0 when no pair qualifies. Larger scans are judged on the
-    neighbourhoods of ``sample`` points drawn with a fixed seed (1M points: 2.7 s for all on this
+    neighbourhoods of ``sample`` points drawn with a fixed seed (1M points: about 2.7 s for all on this
     project's 2-core CPU).
     """
     n, k = neighbours.shape
