@@ -1,4 +1,4 @@
-"""Normals for scans that have none.
+"""Normals for scans that have none, and a check of the ones a file brings.
 
 PCA of each point's k nearest neighbours gives the tangent plane; the sign is propagated along a
 minimum spanning tree of the neighbour graph weighted by 1 − |nᵢ·nⱼ| (Hoppe et al. 1992) plus how far
@@ -89,20 +89,10 @@ def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.nd
     if k < 2:
         return 0.0
     chosen = np.arange(n) if n <= sample else np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
-    rows = np.repeat(chosen, k - 1)
-    cols = neighbours[chosen, 1:].reshape(-1)
     flipped = counted = 0
-    chunk = 4_000_000  # edges at a time, as in orient_normals
-    for start in range(0, len(rows), chunk):
-        r, c = rows[start:start + chunk], cols[start:start + chunk]
-        ni, nj = normals[r], normals[c]
-        edge = points[c] - points[r]
-        length = np.linalg.norm(edge, axis=1)
-        edge /= np.maximum(length, 1e-12)[:, None]
-        dot = np.einsum("ij,ij->i", ni, nj)
-        pair = ((length > 0) & (np.abs(dot) > PAIR_PARALLEL)
-                & (np.abs(np.einsum("ij,ij->i", ni, edge)) < PAIR_IN_PLANE)
-                & (np.abs(np.einsum("ij,ij->i", nj, edge)) < PAIR_IN_PLANE))
+    for _, dot, off_i, off_j, length in _edge_chunks(points, normals, np.repeat(chosen, k - 1),
+                                                     neighbours[chosen, 1:].reshape(-1)):
+        pair = (length > 0) & (np.abs(dot) > PAIR_PARALLEL) & (off_i < PAIR_IN_PLANE) & (off_j < PAIR_IN_PLANE)
         counted += int(pair.sum())
         flipped += int((pair & (dot < 0)).sum())
     return flipped / counted if counted else 0.0
@@ -123,16 +113,9 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
     rows = np.repeat(np.arange(n), k - 1)
     cols = neighbours[:, 1:].reshape(-1)
     weights = np.empty(len(rows), dtype=np.float32)
-    chunk = 4_000_000  # edges at a time: bounded temporaries on 10M-point scans
-    for start in range(0, len(rows), chunk):
-        r, c = rows[start:start + chunk], cols[start:start + chunk]
-        ni, nj = normals[r], normals[c]
-        cost = 1.0 - np.abs(np.einsum("ij,ij->i", ni, nj))
-        if tangent_weight > 0:
-            edge = points[c] - points[r]
-            edge /= np.linalg.norm(edge, axis=1, keepdims=True) + 1e-12
-            cost += tangent_weight * 0.5 * (np.abs(np.einsum("ij,ij->i", ni, edge)) + np.abs(np.einsum("ij,ij->i", nj, edge)))
-        weights[start:start + chunk] = cost + 1e-6  # zero weights would vanish from the sparse graph
+    for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, rows, cols):
+        # + 1e-6: zero weights would vanish from the sparse graph
+        weights[part] = 1.0 - np.abs(dot) + tangent_weight * 0.5 * (off_i + off_j) + 1e-6
     graph = coo_matrix((weights, (rows, cols)), shape=(n, n)).tocsr()
     graph = graph.maximum(graph.T)
     tree = minimum_spanning_tree(graph)
@@ -165,3 +148,22 @@ def _propagate(normals: np.ndarray, order: np.ndarray, parent: np.ndarray) -> No
     for child, par, f in zip(children.tolist(), parents.tolist(), flip):
         sign_list[child] = sign_list[par] * f
     normals *= np.asarray(sign_list, dtype=np.float32)[:, None]
+
+
+#: Edges of the neighbour graph handled at a time: bounded temporaries on 10M-point scans.
+EDGE_CHUNK = 4_000_000
+
+
+def _edge_chunks(points: np.ndarray, normals: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    """For the edges rows[i] → cols[i], chunk by chunk: (slice, nᵢ·nⱼ, |nᵢ·e|, |nⱼ·e|, edge length),
+    e the unit edge (zero for a zero-length one): how parallel two planes are and how far the edge
+    leaves each of them."""
+    for start in range(0, len(rows), EDGE_CHUNK):
+        part = slice(start, start + EDGE_CHUNK)
+        r, c = rows[part], cols[part]
+        ni, nj = normals[r], normals[c]
+        edge = points[c] - points[r]
+        length = np.linalg.norm(edge, axis=1)
+        edge /= np.maximum(length, 1e-12)[:, None]
+        yield (part, np.einsum("ij,ij->i", ni, nj), np.abs(np.einsum("ij,ij->i", ni, edge)),
+               np.abs(np.einsum("ij,ij->i", nj, edge)), length)
