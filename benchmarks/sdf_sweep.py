@@ -8,7 +8,7 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
         --config fast:enc.max_resolution=4096,loss.eikonal=0.05
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
-configuration only (values on every device); ``const.NAME`` sets a module constant of recon3d.fit.sdf
+configuration only (values on every device), ``preset.K`` a key of the preset itself (e.g. ``preset.anneal=0.3``); ``const.NAME`` sets a module constant of recon3d.fit.sdf
 (e.g. ``const.FAR_SLACK=0.02``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals
 (e.g. ``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.steps``; note that on clean scans fit-sdf sets
 ``lr_final_ratio`` itself afterwards, so sweep that one with ``const.CLEAN_LR_FINAL``);
@@ -32,7 +32,7 @@ from recon3d.fit import normals as normals_fit
 from recon3d.fit import sdf as sdf_fit
 from recon3d.fit.sdf import SDFOptions, fit_sdf, resolve_preset
 from recon3d.io.checkpoint import load_checkpoint
-from recon3d.io.mesh import read_mesh
+from recon3d.io.mesh import read_mesh, write_mesh
 from recon3d.io.pointcloud import read_point_cloud
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
 from recon3d.metrics import evaluate, sample_surface
@@ -40,10 +40,13 @@ from recon3d.types import PointCloud
 
 
 def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
-    """'gargoyle[:nonormals]' (scan; reference = its points) or 'spot:200k[:noise]' (mesh samples)."""
+    """'gargoyle[:nonormals]' (a scan, or a cloud's path under ``data``; reference = its points) or
+    'spot:200k[:noise]' (mesh samples)."""
     parts = spec.split(":")
     name = parts[0]
     scan = data / "scans" / f"{name}.ply"
+    if (data / name).is_file():  # any point cloud under the data folder, e.g. shapenet/<cat>/<id>/pointcloud.npz
+        scan = data / name
     if scan.exists():
         cloud = read_point_cloud(scan)
         reference = PointCloud(cloud.points.copy(), cloud.normals)
@@ -70,7 +73,7 @@ def parse_config(spec: str) -> tuple[str, dict]:
 
 def patched_preset(preset: str, kwargs: dict) -> str:
     """Register a copy of ``preset`` with the ``enc.``/``mlp.``/``loss.`` keys of kwargs applied (popped)."""
-    patches = {k: kwargs.pop(k) for k in list(kwargs) if k.split(".")[0] in ("enc", "mlp", "loss")}
+    patches = {k: kwargs.pop(k) for k in list(kwargs) if k.split(".")[0] in ("enc", "mlp", "loss", "preset")}
     if not patches:
         return preset
     patched = copy.deepcopy(sdf_fit.PRESETS[preset])
@@ -78,6 +81,8 @@ def patched_preset(preset: str, kwargs: dict) -> str:
         part, name = key.split(".", 1)
         if part == "loss":
             patched["loss"][name] = float(value)
+        elif part == "preset":
+            patched[name] = value
         else:
             for field in patched["field"].values():
                 field["encoding" if part == "enc" else "mlp"][name] = value
@@ -104,6 +109,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sdf_sweep"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--save-meshes", type=Path, default=None,
+                        help="also write each row's mesh here as <row number>.ply (binary), for inspection")
     args = parser.parse_args()
     device = resolve_device(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -113,8 +120,9 @@ def main() -> None:
         for config in args.config:
             preset, kwargs = parse_config(config)
             mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution", "keep_unsupported", "refine") if k in kwargs}
-            constants = {(sdf_fit if k.startswith("const.") else normals_fit, k.split(".", 1)[1]): kwargs.pop(k)
-                         for k in list(kwargs) if k.startswith(("const.", "normals."))}
+            modules = {"const": sdf_fit, "normals": normals_fit}
+            constants = {(modules[k.split(".")[0]], k.split(".", 1)[1]): kwargs.pop(k)
+                         for k in list(kwargs) if k.split(".")[0] in modules}
             saved = {key: getattr(*key) for key in constants}
             for (module, const), value in constants.items():
                 setattr(module, const, value)
@@ -138,6 +146,9 @@ def main() -> None:
             synchronize(device)
             t2 = time.perf_counter()
             metrics = evaluate(mesh, reference)
+            if args.save_meshes:
+                args.save_meshes.mkdir(parents=True, exist_ok=True)
+                write_mesh(args.save_meshes / f"{len(rows)}.ply", mesh)
             row = {"case": name, "config": config, "points": len(cloud), "fit_s": t1 - t0, "train_s": fit["seconds"],
                    "steps": fit["steps"], "extract_s": t2 - t1, "extract": stats, "loss": fit["loss"], **metrics}
             rows.append(row)

@@ -28,7 +28,9 @@ from recon3d.cli import app
 from recon3d.fit.normalize import to_field
 from recon3d.fit import normals as normals_module
 from recon3d.fit.normals import neighbourhood, orient_normals
-from recon3d.fit.sdf import PRESETS, SDFOptions, fit_sdf, prepare_scan
+from recon3d.fields import build_field
+from recon3d.fit import sdf as sdf_module
+from recon3d.fit.sdf import ANNEAL_START_LEVELS, PRESETS, SDFOptions, active_levels, fit_sdf, make_step, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.pointcloud import read_point_cloud, write_point_cloud
 from recon3d.mesh.from_field import MeshOptions, load_field, mesh_from_checkpoint
@@ -287,6 +289,60 @@ def test_pca_runs_only_when_normals_are_estimated(monkeypatch):
         np.testing.assert_array_equal(scan.sigma.numpy(), reference.sigma.numpy())
     with pytest.raises(AssertionError, match="normals were estimated"):  # the patch does guard the PCA
         prepare_scan(PointCloud(points=cloud.points), "auto", CPU, "sphere")
+
+
+# ------------------------------------------------------------------------------------ loss terms
+
+
+def _terms(scan, weights: dict, anneal: float = 0.0, total: int = 10, step_index: int = 0):
+    """One step's loss terms for a small fast-preset field on ``scan`` (fixed weights and generator)."""
+    torch.manual_seed(0)
+    config = PRESETS["fast"]["field"]["cpu"]
+    field = build_field("sdf", {**config, "level": 0.0, "inside": "below"})
+    step = make_step(field, scan, weights, 256, total, anneal)
+    return field, step(step_index, torch.Generator().manual_seed(0))
+
+
+def test_file_normals_weigh_normal_file_estimated_ones_normal():
+    """The loss is the weighted sum of its terms, with the normal term weighted by ``normal_file``
+    when the scan's own normals are used and by ``normal`` when they were estimated."""
+    cloud = sample_sphere(2000, seed=3)
+    weights = dict(PRESETS["fast"]["loss"], normal=1.0, normal_file=2.0)
+    for mode, normal_weight in (("auto", 2.0), ("estimate", 1.0)):
+        _, terms = _terms(prepare_scan(cloud, mode, CPU, "sphere"), weights)
+        expected = sum(weights[name] * terms[name] for name in ("surface", "eikonal", "far")) \
+            + normal_weight * terms["normal"]
+        assert terms["normal"] > 0
+        torch.testing.assert_close(terms["loss"], expected)
+
+
+def test_coarse_to_fine_schedule_grows_the_active_levels():
+    """preset "anneal": levels from ANNEAL_START_LEVELS up to all over that fraction of the steps."""
+    levels = [active_levels(i, 1000, 0.3, 16) for i in range(1000)]
+    assert levels[0] == ANNEAL_START_LEVELS and levels[299] == 16 and levels[300:] == [16] * 700
+    assert all(b >= a for a, b in zip(levels, levels[1:])) and set(range(ANNEAL_START_LEVELS, 17)) <= set(levels)
+    assert all(active_levels(i, 1000, 0.0, 16) == 16 for i in (0, 500))
+    assert active_levels(0, 1000, 0.5, 2) == 2  # fewer levels than the start: all of them
+    scan = prepare_scan(sample_sphere(2000, seed=3), "auto", CPU, "sphere")
+    field, _ = _terms(scan, PRESETS["fast"]["loss"], anneal=0.5, total=10, step_index=0)
+    assert field.encoding.level_mask.sum() == ANNEAL_START_LEVELS
+    field, _ = _terms(scan, PRESETS["fast"]["loss"], anneal=0.5, total=10, step_index=5)
+    assert field.encoding.level_mask.sum() == field.encoding.n_levels
+
+
+def test_a_budget_that_stops_the_schedule_early_still_saves_all_levels(work, monkeypatch):
+    """fit_sdf leaves every level active after training, whatever step the schedule reached."""
+    monkeypatch.setitem(PRESETS["fast"], "anneal", 1.0)
+    seen = {}
+    original = sdf_module.build_checkpoint
+
+    def spy(field, *args, **kwargs):
+        seen["mask"] = field.encoding.level_mask.clone()
+        return original(field, *args, **kwargs)
+
+    monkeypatch.setattr(sdf_module, "build_checkpoint", spy)
+    fit(sample_sphere(400, seed=1), work / "anneal.pt", steps=3, batch=64, seed=0)
+    assert seen["mask"].sum() == seen["mask"].numel()
 
 
 # ------------------------------------------------------------------------------------ presets
