@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, triu
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
@@ -117,7 +117,9 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
         # + 1e-6: zero weights would vanish from the sparse graph
         weights[part] = 1.0 - np.abs(dot) + tangent_weight * 0.5 * (off_i + off_j) + 1e-6
     graph = coo_matrix((weights, (rows, cols)), shape=(n, n)).tocsr()
-    graph = graph.maximum(graph.T)
+    # Symmetric (an edge listed from either end), then one triangle: the same undirected graph with
+    # half the entries, so Kruskal sorts half as many (400k points: MST 1.67 s → 1.04 s, same tree).
+    graph = triu(graph.maximum(graph.T), format="csr")
     tree = minimum_spanning_tree(graph)
     tree = tree + tree.T
     n_parts, labels = connected_components(tree, directed=False)
