@@ -8,10 +8,11 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
         --config fast:enc.max_resolution=4096,loss.eikonal=0.05
 
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
-configuration only (values on every device), ``preset.K`` a key of the preset itself (e.g. ``preset.anneal=0.3``); ``const.NAME`` sets a module constant of recon3d.fit.sdf
-(e.g. ``const.FAR_SLACK=0.02``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals
-(e.g. ``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.steps``; note that on clean scans fit-sdf sets
-``lr_final_ratio`` itself afterwards, so sweep that one with ``const.CLEAN_LR_FINAL``);
+configuration only (values on every device), ``preset.K`` a key of the preset itself (e.g.
+``preset.anneal=0.3``); ``const.NAME`` sets a module constant of recon3d.fit.sdf (e.g.
+``const.FAR_SLACK=0.02``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals (e.g.
+``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.steps``; on clean scans
+fit-sdf sets ``lr_final_ratio`` itself afterwards, so sweep that one with ``const.CLEAN_LR_FINAL``);
 ``resolution``, ``refine`` and ``keep_unsupported`` go to extraction; other keys are fit-sdf options.
 """
 
@@ -72,7 +73,8 @@ def parse_config(spec: str) -> tuple[str, dict]:
 
 
 def patched_preset(preset: str, kwargs: dict) -> str:
-    """Register a copy of ``preset`` with the ``enc.``/``mlp.``/``loss.`` keys of kwargs applied (popped)."""
+    """Register a copy of ``preset`` with the ``enc.``/``mlp.``/``loss.``/``preset.`` keys of kwargs
+    applied (popped)."""
     patches = {k: kwargs.pop(k) for k in list(kwargs) if k.split(".")[0] in ("enc", "mlp", "loss", "preset")}
     if not patches:
         return preset
