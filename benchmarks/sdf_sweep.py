@@ -10,7 +10,8 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device), ``preset.K`` a key of the preset itself (e.g.
 ``preset.anneal=0.3``); ``const.NAME`` sets a module constant of recon3d.fit.sdf (e.g.
-``const.FAR_SLACK=0.02``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals (e.g.
+``const.FAR_SLACK=0.02``; a tuple constant takes its items joined by "+", e.g.
+``const.SMOOTH_PASSES=plane+plane``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals (e.g.
 ``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.steps``; on clean scans
 fit-sdf sets ``lr_final_ratio`` itself afterwards, so sweep that one with ``const.CLEAN_LR_FINAL``);
 ``resolution``, ``refine`` and ``keep_unsupported`` go to extraction; other keys are fit-sdf options.
@@ -42,7 +43,7 @@ from recon3d.types import PointCloud
 
 def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
     """'gargoyle[:nonormals]' (a scan, or a cloud's path under ``data``; reference = its points) or
-    'spot:200k[:noise]' (mesh samples)."""
+    'spot:200k[:noise]' (mesh samples; ``noise`` adds σ = 0.25 % of the diagonal, ``noise0.5`` 0.5 %)."""
     parts = spec.split(":")
     name = parts[0]
     scan = data / "scans" / f"{name}.ply"
@@ -57,9 +58,11 @@ def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
     mesh = read_mesh(data / "meshes" / f"{name}.obj")
     n = int(float(parts[1].rstrip("k")) * 1000) if len(parts) > 1 else 200_000
     points, _ = sample_surface(mesh, n, seed=0)
-    if "noise" in parts:
+    noise = [p for p in parts if p.startswith("noise")]
+    if noise:  # "noise": σ = 0.25 % of the diagonal; "noise0.5": 0.5 %
+        sigma = float(noise[0][len("noise"):] or 0.25) / 100
         diag = float(np.linalg.norm(mesh.vertices.max(0) - mesh.vertices.min(0)))
-        points = points + np.random.default_rng(1).normal(scale=0.0025 * diag, size=points.shape)
+        points = points + np.random.default_rng(1).normal(scale=sigma * diag, size=points.shape)
     return spec, PointCloud(points, None), mesh
 
 
@@ -68,8 +71,18 @@ def parse_config(spec: str) -> tuple[str, dict]:
     kwargs: dict = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        kwargs[key] = value if key in ("encoding", "normals", "denoise") else float(value) if "." in value or "e" in value else int(value)
+        kwargs[key] = value if key in ("encoding", "normals", "denoise") else _number_or_text(value)
     return preset, kwargs
+
+
+def _number_or_text(value: str) -> int | float | str:
+    """'3' → 3, '0.5' / '1e-3' → float, anything else (e.g. a constant's name 'quadric') stays text."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def patched_preset(preset: str, kwargs: dict) -> str:
@@ -127,6 +140,8 @@ def main() -> None:
                          for k in list(kwargs) if k.split(".")[0] in modules}
             saved = {key: getattr(*key) for key in constants}
             for (module, const), value in constants.items():
+                if isinstance(getattr(module, const), tuple):  # e.g. const.SMOOTH_PASSES=plane+quadric
+                    value = tuple(str(value).split("+"))
                 setattr(module, const, value)
             training = {k.split(".", 1)[1]: kwargs.pop(k) for k in list(kwargs) if k.startswith("train.")}
             options = SDFOptions(preset=patched_preset(preset, kwargs), **kwargs)

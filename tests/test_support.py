@@ -15,7 +15,7 @@ import trimesh
 from recon3d.cli import app
 from recon3d.errors import Recon3dError
 from recon3d.fit import sdf as sdf_fit
-from recon3d.fit.denoise import noise_ratio, project_to_planes
+from recon3d.fit.denoise import noise_ratio, project_to_planes, project_to_quadrics, smooth_until_quiet
 from recon3d.fit.normals import neighbourhood, orient_normals, sign_disagreement
 from recon3d.fit.sdf import SDFOptions, distance_grid, fit_sdf, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint, save_checkpoint
@@ -179,6 +179,39 @@ def test_projection_removes_most_of_the_noise():
     smoothed = project_to_planes(noisy, 64)
     assert smoothed.dtype == noisy.dtype and smoothed.shape == noisy.shape
     assert np.sqrt(np.mean(smoothed[:, 2] ** 2)) < np.sqrt(np.mean(noisy[:, 2] ** 2)) / 3
+
+
+def test_quadric_projection_leaves_a_quadric_surface_in_place():
+    """Points on z = 0.3x² − 0.2y² + 0.1xy lie on their neighbours' quadric: they must not move. A plane
+    fit cuts the chord of the curve and does move them (the reference that the quadric removes)."""
+    xy = np.random.default_rng(0).uniform(-1, 1, (20_000, 2))
+    points = np.column_stack([xy, 0.3 * xy[:, 0] ** 2 - 0.2 * xy[:, 1] ** 2 + 0.1 * xy[:, 0] * xy[:, 1]])
+    assert np.abs(project_to_quadrics(points, 64) - points).max() < 1e-4
+    assert np.abs(project_to_planes(points, 64) - points).max() > 5e-4
+
+
+def test_quadric_projection_does_not_shrink_a_noisy_sphere():
+    sphere = sample_sphere(20_000, seed=0).points  # unit radius
+    noisy = sphere + np.random.default_rng(1).normal(scale=0.01, size=sphere.shape)
+    radius = {f.__name__: np.linalg.norm(f(noisy, 64), axis=1) for f in (project_to_planes, project_to_quadrics)}
+    plane_bias, quadric_bias = (radius[name].mean() - 1.0 for name in ("project_to_planes", "project_to_quadrics"))
+    assert plane_bias < -0.002  # pulled inside the curve by about κr²/4
+    assert abs(quadric_bias) < abs(plane_bias) / 4
+    assert np.sqrt(np.mean((radius["project_to_quadrics"] - 1.0) ** 2)) < 0.01 / 3
+
+
+def test_smoothing_repeats_only_while_the_scan_is_still_noisy():
+    sphere = sample_sphere(20_000, seed=0).points
+    rng = np.random.default_rng(1)
+    passes = ("plane", "quadric", "quadric")
+    _, once = smooth_until_quiet(sphere + rng.normal(scale=0.03, size=sphere.shape), 64, passes, 0.1)
+    assert len(once) == 1 and once[0] < 0.1
+    very_noisy = sphere + rng.normal(scale=0.05, size=sphere.shape)  # one pass leaves it at ~0.2
+    smoothed, ratios = smooth_until_quiet(very_noisy, 64, passes, 0.1)
+    assert len(ratios) == 2 and ratios[0] >= 0.1 > ratios[1]
+    one_pass, _ = smooth_until_quiet(very_noisy, 64, ("plane",), 0.1)
+    rms = lambda p: np.sqrt(np.mean((np.linalg.norm(p, axis=1) - 1.0) ** 2))  # noqa: E731
+    assert rms(smoothed) < rms(one_pass) / 1.5
 
 
 def test_prepare_scan_denoises_noisy_scans_only_in_auto():

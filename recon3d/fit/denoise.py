@@ -63,3 +63,72 @@ def project_to_planes(points: np.ndarray, k: int, device: torch.device | str | N
         offset = np.einsum("ij,ij->i", work[start:stop] - centroid, normal)
         out[start:stop] = work[start:stop] - offset[:, None] * normal
     return out.astype(points.dtype)
+
+
+def project_to_quadrics(points: np.ndarray, k: int, device: torch.device | str | None = None,
+                        chunk: int = 200_000, ridge: float = 1e-3) -> np.ndarray:
+    """Each point moved onto the least-squares quadric height field of its k nearest neighbours.
+
+    In the frame of the neighbours' plane (PCA), the height w over the plane is fitted as
+    a + b·u + c·v + d·u² + e·uv + f·v² and the point moves along the plane's normal onto it. A plane
+    fit (:func:`project_to_planes`) cuts through a curved neighbourhood's chord and pulls every point
+    towards the inside of the curve, by about κ·r²/4 for a neighbourhood of radius r; the quadric follows
+    the curvature, so the points keep their place on it. ``ridge`` (against the scaled quadratic terms)
+    only keeps degenerate neighbourhoods (a line of points) solvable. Same dtype as the input.
+    """
+    k = int(min(k, len(points)))
+    if k < 8:
+        return project_to_planes(points, k, device, chunk)
+    work = np.asarray(points, dtype=np.float64)
+    tree = cKDTree(work)
+    pts = torch.as_tensor(work, dtype=torch.float32, device=device)
+    out = np.empty_like(work)
+    penalty = torch.diag(torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)) * ridge * k
+    for start in range(0, len(work), chunk):
+        stop = min(start + chunk, len(work))
+        _, neighbours = tree.query(work[start:stop], k=k, workers=-1)
+        idx = torch.as_tensor(neighbours, dtype=torch.int64, device=pts.device)
+        offsets = pts[idx] - pts[start:stop, None, :]  # (n,k,3) around each point: float32 is exact enough
+        centroid = offsets.mean(dim=1)
+        centred = offsets - centroid[:, None, :]
+        cov = (centred.transpose(1, 2) @ centred).double().cpu()
+        # The 3×3 eigendecompositions on the CPU (cuSOLVER's batched solver fails on 200k matrices).
+        _, vectors = torch.linalg.eigh(cov)
+        frame = vectors.to(device=pts.device, dtype=torch.float32)  # columns: normal, minor, major axis
+        local = centred @ frame  # (n,k,3): w, v, u
+        w, v, u = local.unbind(dim=-1)
+        radius = (u.square() + v.square()).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+        u, v = u / radius, v / radius
+        design = torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], dim=-1).double().cpu()  # (n,k,6)
+        lhs = design.transpose(1, 2) @ design + penalty
+        rhs = design.transpose(1, 2) @ w.double().cpu()[..., None]
+        coef = torch.linalg.solve(lhs, rhs)[..., 0].to(device=pts.device, dtype=torch.float32)
+        here = (-centroid[:, None, :] @ frame)[:, 0]  # the point itself in the frame: (w0, v0, u0)
+        u0, v0 = here[:, 2] / radius[:, 0], here[:, 1] / radius[:, 0]
+        basis = torch.stack([torch.ones_like(u0), u0, v0, u0 * u0, u0 * v0, v0 * v0], dim=-1)
+        height = (basis * coef).sum(dim=-1)
+        moved = pts[start:stop] + (height - here[:, 0])[:, None] * frame[:, :, 0]
+        out[start:stop] = moved.double().cpu().numpy()
+    return out.astype(points.dtype)
+
+
+#: How each smoothing pass fits the neighbourhood: "plane" or "quadric" (see the two projections).
+SMOOTHING_FITS = {"plane": project_to_planes, "quadric": project_to_quadrics}
+
+
+def smooth_until_quiet(points: np.ndarray, k: int, passes: tuple[str, ...], repeat_above: float,
+                       device: torch.device | str | None = None) -> tuple[np.ndarray, list[float]]:
+    """Smoothing passes in order (each "plane" or "quadric", see SMOOTHING_FITS), the first always and
+    each next one only while the noise ratio is still at least ``repeat_above``; return the points and
+    the ratio after each pass run.
+
+    One pass of k neighbours divides the noise by about √k, but the ratio is noise over spacing, and a
+    denser scan with the same noise has a smaller spacing: it needs more passes to come out as quiet.
+    """
+    ratios: list[float] = []
+    for fit in passes:
+        if ratios and ratios[-1] < repeat_above:
+            break
+        points = SMOOTHING_FITS[fit](points, k, device)
+        ratios.append(noise_ratio(points, device=device))
+    return points, ratios

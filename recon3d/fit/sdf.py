@@ -38,7 +38,7 @@ from recon3d.fields.implicit import gradient
 from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
                                 plain_settings, run_config, save_fit, summarize)
 from recon3d.fit.loop import Trainer, TrainState
-from recon3d.fit.denoise import DENOISE_MODES, NOISE_THRESHOLD, noise_ratio, project_to_planes
+from recon3d.fit.denoise import DENOISE_MODES, NOISE_THRESHOLD, noise_ratio, smooth_until_quiet
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.fit.normals import neighbourhood, orient_normals, pca_normals, sign_disagreement
 from recon3d.mesh.support import scan_support
@@ -107,6 +107,10 @@ FAR_SLACK = 0.005
 #: Neighbours of the plane each point of a noisy scan is smoothed onto (recon3d.fit.denoise): at
 #: σ = 0.25 % noise, 200k points, 64 gave normal consistency 0.985-0.992 where 32 gave 0.982-0.985.
 SMOOTH_NEIGHBOURS = 64
+#: The smoothing passes (recon3d.fit.denoise.smooth_until_quiet): the first always, the next only
+#: while the noise ratio is still at least SMOOTH_REPEAT_ABOVE.
+SMOOTH_PASSES = ("plane", "quadric", "quadric")
+SMOOTH_REPEAT_ABOVE = 0.1
 #: On clean samples (noise ratio below CLEAN_NOISE, see recon3d.fit.denoise) the learning rate decays
 #: to CLEAN_LR_FINAL of its start instead of the loop's 5 %: the last steps of Adam at 5 % leave the
 #: zero set jittering by about one fine hash-grid cell between the points (clean rocker-arm, 200k
@@ -197,9 +201,10 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     ratio = noise_ratio(points, device=device)
     smoothed = denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)
     if smoothed:
-        points = project_to_planes(points, SMOOTH_NEIGHBOURS, device)
+        points, after = smooth_until_quiet(points, SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE, device)
+        passes = f"{len(after)} passes, " if len(after) > 1 else ""
         info(f"{source}: noise {ratio:.2f} of the point spacing: points smoothed onto the planes of their "
-             f"{SMOOTH_NEIGHBOURS} neighbours (--denoise off keeps them)")
+             f"{SMOOTH_NEIGHBOURS} neighbours ({passes}{after[-1]:.2f} after; --denoise off keeps them)")
     origin = "none" if normals_mode == "ignore" else (
         "file" if cloud.normals is not None and normals_mode == "auto" else "estimated")
     # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
