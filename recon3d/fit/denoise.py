@@ -99,9 +99,10 @@ def project_to_quadrics(points: np.ndarray, k: int, device: torch.device | str |
         w, v, u = local.unbind(dim=-1)
         radius = (u.square() + v.square()).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
         u, v = u / radius, v / radius
-        design = torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], dim=-1).double().cpu()  # (n,k,6)
-        lhs = design.transpose(1, 2) @ design + penalty
-        rhs = design.transpose(1, 2) @ w.double().cpu()[..., None]
+        design = torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], dim=-1)  # (n,k,6), |entries| ≲ 4
+        # The small normal equations on the CPU in float64; sums of k well-scaled float32 terms are exact enough.
+        lhs = (design.transpose(1, 2) @ design).double().cpu() + penalty
+        rhs = (design.transpose(1, 2) @ w[..., None]).double().cpu()
         coef = torch.linalg.solve(lhs, rhs)[..., 0].to(device=pts.device, dtype=torch.float32)
         here = (-centroid[:, None, :] @ frame)[:, 0]  # the point itself in the frame: (w0, v0, u0)
         u0, v0 = here[:, 2] / radius[:, 0], here[:, 1] / radius[:, 0]
