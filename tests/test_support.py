@@ -214,6 +214,19 @@ def test_smoothing_repeats_only_while_the_scan_is_still_noisy():
     assert rms(smoothed) < rms(one_pass) / 1.5
 
 
+def test_smoothing_passes_may_reuse_the_first_neighbour_ids(monkeypatch):
+    """Later passes keep the first pass's neighbours (points move by about the noise); the result stays
+    that of fresh queries to well within the noise."""
+    sphere = sample_sphere(20_000, seed=0).points
+    very_noisy = sphere + np.random.default_rng(1).normal(scale=0.05, size=sphere.shape)
+    passes = ("plane", "quadric", "quadric")
+    reused, ratios = smooth_until_quiet(very_noisy, 64, passes, 0.1)
+    monkeypatch.setattr("recon3d.fit.denoise.REUSE_NEIGHBOUR_IDS", 0)
+    queried, ratios_queried = smooth_until_quiet(very_noisy, 64, passes, 0.1)
+    assert len(ratios) == len(ratios_queried) == 2
+    assert np.sqrt(np.mean(np.sum((reused - queried) ** 2, axis=1))) < 0.05 / 5
+
+
 def test_prepare_scan_denoises_noisy_scans_only_in_auto():
     clean = sample_sphere(4000, seed=0)
     noisy = PointCloud(clean.points + np.random.default_rng(1).normal(scale=0.04, size=clean.points.shape), None)

@@ -45,28 +45,38 @@ def noise_ratio(points: np.ndarray, tree: cKDTree | None = None, k: int = NOISE_
 
 
 def project_to_planes(points: np.ndarray, k: int, device: torch.device | str | None = None,
-                      chunk: int = 500_000) -> np.ndarray:
+                      chunk: int = 500_000, neighbours: np.ndarray | None = None) -> np.ndarray:
     """Each point moved onto the least-squares plane of its k nearest neighbours (same dtype).
 
-    Queried in chunks so that a 10M-point scan never holds all k·N neighbour ids at once.
+    ``neighbours`` (N, k) reuses ids found before; otherwise they are queried in chunks, so that a
+    10M-point scan never holds all k·N neighbour ids at once.
     """
     k = int(min(k, len(points)))
     if k < 4:
         return points.copy()
     work = np.asarray(points, dtype=np.float64)
-    tree = cKDTree(work)
     out = np.empty_like(work)
-    for start in range(0, len(work), chunk):
-        stop = min(start + chunk, len(work))
-        _, neighbours = tree.query(work[start:stop], k=k, workers=-1)
-        centroid, normal, _ = plane_fits(work, neighbours, device)
+    for start, stop, ids in _neighbour_chunks(work, k, chunk, neighbours):
+        centroid, normal, _ = plane_fits(work, ids, device)
         offset = np.einsum("ij,ij->i", work[start:stop] - centroid, normal)
         out[start:stop] = work[start:stop] - offset[:, None] * normal
     return out.astype(points.dtype)
 
 
+def _neighbour_chunks(points: np.ndarray, k: int, chunk: int, neighbours: np.ndarray | None):
+    """(start, stop, neighbour ids of points[start:stop]) chunk by chunk: slices of ``neighbours`` when
+    given, else a k-nearest query per chunk."""
+    tree = cKDTree(points) if neighbours is None else None
+    for start in range(0, len(points), chunk):
+        stop = min(start + chunk, len(points))
+        if tree is None:
+            yield start, stop, neighbours[start:stop, :k]
+        else:
+            yield start, stop, tree.query(points[start:stop], k=k, workers=-1)[1]
+
+
 def project_to_quadrics(points: np.ndarray, k: int, device: torch.device | str | None = None,
-                        chunk: int = 200_000, ridge: float = 1e-3) -> np.ndarray:
+                        chunk: int = 200_000, neighbours: np.ndarray | None = None, ridge: float = 1e-3) -> np.ndarray:
     """Each point moved onto the least-squares quadric height field of its k nearest neighbours.
 
     In the frame of the neighbours' plane (PCA), the height w over the plane is fitted as
@@ -74,20 +84,18 @@ def project_to_quadrics(points: np.ndarray, k: int, device: torch.device | str |
     fit (:func:`project_to_planes`) cuts through a curved neighbourhood's chord and pulls every point
     towards the inside of the curve, by about κ·r²/4 for a neighbourhood of radius r; the quadric follows
     the curvature, so the points keep their place on it. ``ridge`` (against the scaled quadratic terms)
-    only keeps degenerate neighbourhoods (a line of points) solvable. Same dtype as the input.
+    only keeps degenerate neighbourhoods (a line of points) solvable. ``neighbours`` as for
+    :func:`project_to_planes`. Same dtype as the input.
     """
     k = int(min(k, len(points)))
     if k < 8:
-        return project_to_planes(points, k, device, chunk)
+        return project_to_planes(points, k, device, chunk, neighbours)
     work = np.asarray(points, dtype=np.float64)
-    tree = cKDTree(work)
     pts = torch.as_tensor(work, dtype=torch.float32, device=device)
     out = np.empty_like(work)
     penalty = torch.diag(torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)) * ridge * k
-    for start in range(0, len(work), chunk):
-        stop = min(start + chunk, len(work))
-        _, neighbours = tree.query(work[start:stop], k=k, workers=-1)
-        idx = torch.as_tensor(neighbours, dtype=torch.int64, device=pts.device)
+    for start, stop, ids in _neighbour_chunks(work, k, chunk, neighbours):
+        idx = torch.as_tensor(ids, dtype=torch.int64, device=pts.device)
         offsets = pts[idx] - pts[start:stop, None, :]  # (n,k,3) around each point: float32 is exact enough
         centroid = offsets.mean(dim=1)
         centred = offsets - centroid[:, None, :]
@@ -117,6 +125,12 @@ def project_to_quadrics(points: np.ndarray, k: int, device: torch.device | str |
 SMOOTHING_FITS = {"plane": project_to_planes, "quadric": project_to_quadrics}
 
 
+#: smooth_until_quiet keeps the neighbour ids of its first pass for the next ones when there are at
+#: most this many (N·k; 32M int64 ids = 256 MB): the points move by about the noise, a fraction of the
+#: neighbourhood, so the same neighbours serve and the next passes skip their k-nearest queries.
+REUSE_NEIGHBOUR_IDS = 32_000_000
+
+
 def smooth_until_quiet(points: np.ndarray, k: int, passes: tuple[str, ...], repeat_above: float,
                        device: torch.device | str | None = None) -> tuple[np.ndarray, list[float]]:
     """Smoothing passes in order (each "plane" or "quadric", see SMOOTHING_FITS), the first always and
@@ -126,10 +140,14 @@ def smooth_until_quiet(points: np.ndarray, k: int, passes: tuple[str, ...], repe
     One pass of k neighbours divides the noise by about √k, but the ratio is noise over spacing, and a
     denser scan with the same noise has a smaller spacing: it needs more passes to come out as quiet.
     """
+    k = int(min(k, len(points)))
+    neighbours = None
+    if len(passes) > 1 and len(points) * k <= REUSE_NEIGHBOUR_IDS and k >= 4:
+        neighbours = cKDTree(points).query(points, k=k, workers=-1)[1]
     ratios: list[float] = []
     for fit in passes:
         if ratios and ratios[-1] < repeat_above:
             break
-        points = SMOOTHING_FITS[fit](points, k, device)
+        points = SMOOTHING_FITS[fit](points, k, device, neighbours=neighbours)
         ratios.append(noise_ratio(points, device=device))
     return points, ratios
