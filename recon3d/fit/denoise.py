@@ -7,7 +7,9 @@ neighbours to their best-fitting plane, divided by the distance to the k-th neig
 clean samples of smooth or CAD surfaces (only curvature contributes), 0.09 on the SRB gargoyle range
 scan, 0.27 with σ = 0.25 % noise. Above a threshold, each point moves onto the least-squares plane of
 its neighbours (a one-step moving-least-squares projection), which averages the noise across the
-neighbourhood while keeping the surface where the samples are.
+neighbourhood while keeping the surface where the samples are. The ratio is relative to the spacing,
+so a denser scan with the same noise comes out of one pass still noisy: ``smooth_until_quiet`` repeats
+while it is, the later passes onto quadrics, which do not pull points to the inside of a curve.
 """
 
 from __future__ import annotations

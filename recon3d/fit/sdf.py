@@ -108,7 +108,11 @@ FAR_SLACK = 0.005
 #: σ = 0.25 % noise, 200k points, 64 gave normal consistency 0.985-0.992 where 32 gave 0.982-0.985.
 SMOOTH_NEIGHBOURS = 64
 #: The smoothing passes (recon3d.fit.denoise.smooth_until_quiet): the first always, the next only
-#: while the noise ratio is still at least SMOOTH_REPEAT_ABOVE.
+#: while the noise ratio is still at least SMOOTH_REPEAT_ABOVE. One plane pass left 400k points with
+#: σ = 0.25 % noise at a ratio of 0.13-0.20 (normal consistency 0.956-0.986, H200); the quadric passes
+#: that follow bring it to 0.02-0.03 (0.974-0.996) without the plane's pull to the inside of curves
+#: (two plane passes instead: Chamfer-L1 +0.002-0.004 % on spot, fandisk, rocker-arm). BENCHMARKS.md,
+#: "smoothing dense noisy scans".
 SMOOTH_PASSES = ("plane", "quadric", "quadric")
 SMOOTH_REPEAT_ABOVE = 0.1
 #: On clean samples (noise ratio below CLEAN_NOISE, see recon3d.fit.denoise) the learning rate decays
