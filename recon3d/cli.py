@@ -157,6 +157,7 @@ def fit_sdf_command(
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Override the encoding: hashgrid, frequency, fourier, none."),
     normals: str = typer.Option("auto", "--normals", help="auto (the file's, else estimated), estimate, ignore."),
     denoise: str = typer.Option("auto", "--denoise", help="Smooth noisy points onto local planes first: auto (when the noise is large against the point spacing), on, off."),
+    outliers: str = typer.Option("drop", "--outliers", help="Isolated points (16th neighbour over 10× the median distance away): drop, keep."),
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -174,7 +175,7 @@ def fit_sdf_command(
     out = _checkpoint_path(output, scan.stem)
     torch_device = resolve_device(device)
     options = SDFOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
-                         seed=seed, normals=normals, amp=amp, encoding=encoding, denoise=denoise)
+                         seed=seed, normals=normals, amp=amp, encoding=encoding, denoise=denoise, outliers=outliers)
     previous = _resumable(out, load_checkpoint, "sdf") if resume else None
     cloud = read_point_cloud(scan)
     if previous is not None and previous["train"]["points"] != len(cloud):

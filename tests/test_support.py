@@ -17,6 +17,7 @@ from recon3d.errors import Recon3dError
 from recon3d.fit import sdf as sdf_fit
 from recon3d.fit.denoise import noise_ratio, project_to_planes, project_to_quadrics, smooth_until_quiet
 from recon3d.fit.normals import neighbourhood, orient_normals, sign_disagreement
+from recon3d.fit.outliers import isolated_points
 from recon3d.fit.sdf import SDFOptions, distance_grid, fit_sdf, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint, save_checkpoint
 from recon3d.io.mesh import read_mesh
@@ -369,3 +370,53 @@ def test_cli_denoise_option(tmp_path):
                                       "--device", "cpu", "--steps", "2"])
     assert result.exit_code != 0 and "--denoise maybe" in result.stderr
     assert not (tmp_path / "m.pt").exists()
+
+
+# ---------------------------------------------------------------------------------- isolated points
+
+
+def _sphere_with_strays(n: int = 4000) -> tuple[np.ndarray, int]:
+    """Unit-sphere samples, then 3 lone points and a cluster of 5 (fewer than 16) far away."""
+    sphere = sample_sphere(n, seed=0).points
+    lone = np.array([[6.0, 0.0, 0.0], [0.0, -4.0, 3.0], [2.5, 2.5, 2.5]])
+    cluster = np.array([0.0, 0.0, 8.0]) + np.random.default_rng(2).normal(scale=0.01, size=(5, 3))
+    return np.concatenate([sphere, lone, cluster]), 8
+
+
+def test_isolated_points_are_strays_not_sparse_parts():
+    points, strays = _sphere_with_strays()
+    mask = isolated_points(points)
+    assert mask[-strays:].all() and not mask[:-strays].any()
+    # Half the sphere 25× sparser (16th neighbour 5× farther, as on real scans' far sides): nothing isolated.
+    sphere = sample_sphere(40_000, seed=1).points
+    uneven = np.concatenate([sphere[sphere[:, 0] > 0], sphere[sphere[:, 0] <= 0][::25]])
+    assert not isolated_points(uneven).any()
+    assert not isolated_points(np.repeat(sphere[:10], 20, axis=0)).any()  # duplicates: no spacing to judge
+
+
+def test_prepare_scan_leaves_strays_out_of_the_box(capsys):
+    points, strays = _sphere_with_strays()
+    clean = prepare_scan(PointCloud(points[:-strays], None), "auto", CPU, "clean")
+    dropped = prepare_scan(PointCloud(points, None), "auto", CPU, "scan")
+    assert dropped.outliers_dropped == strays and len(dropped.points) == len(points) - strays
+    assert dropped.to_world["scale"] == pytest.approx(clean.to_world["scale"])
+    assert f"left out {strays} isolated points" in capsys.readouterr().err
+    kept = prepare_scan(PointCloud(points, None), "auto", CPU, "scan", outliers="keep")
+    assert kept.outliers_dropped == 0 and kept.to_world["scale"] > 3 * clean.to_world["scale"]
+
+
+def test_cli_outliers_option_and_checkpoint_record(tmp_path):
+    points, strays = _sphere_with_strays(1000)
+    scan = tmp_path / "s.ply"
+    write_point_cloud(scan, PointCloud(points, None))
+    runner = make_runner()
+    result = runner.invoke(app, ["fit-sdf", str(scan), "-o", str(tmp_path / "m.pt"), "--outliers", "maybe",
+                                 "--device", "cpu", "--steps", "2"])
+    assert result.exit_code != 0 and "--outliers maybe" in result.stderr
+    assert not (tmp_path / "m.pt").exists()
+    result = runner.invoke(app, ["fit-sdf", str(scan), "-o", str(tmp_path / "m.pt"), "--device", "cpu",
+                                 "--steps", "2", "--json", "-q"])
+    assert result.exit_code == 0, result.stderr
+    train = load_checkpoint(tmp_path / "m.pt")["train"]
+    assert train["points"] == len(points) and train["outliers_dropped"] == strays
+    assert train["config"]["outliers"] == "drop"

@@ -41,6 +41,7 @@ from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.denoise import DENOISE_MODES, NOISE_THRESHOLD, noise_ratio, smooth_until_quiet
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
 from recon3d.fit.normals import neighbourhood, orient_normals, pca_normals, sign_disagreement
+from recon3d.fit.outliers import ISOLATION_FACTOR, OUTLIER_MODES, isolated_points
 from recon3d.mesh.support import scan_support
 from recon3d.types import PointCloud
 
@@ -142,6 +143,7 @@ class SDFOptions(FitOptions):
     normals: str = "auto"
     encoding: str | None = None  # override the preset's encoding type
     denoise: str = "auto"  # smooth noisy points onto local planes: auto (when noisy), on, off
+    outliers: str = "drop"  # isolated points (recon3d.fit.outliers): drop, keep
 
 
 @dataclass
@@ -160,6 +162,7 @@ class ScanData:
     support: dict[str, np.ndarray]  # voxel-thinned scan for extraction (recon3d.mesh.support)
     noise_ratio: float = 0.0  # see recon3d.fit.denoise
     denoised: bool = False
+    outliers_dropped: int = 0  # isolated points left out (recon3d.fit.outliers)
 
 
 def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
@@ -170,6 +173,8 @@ def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
         raise Recon3dError(f"--normals {options.normals}: choose {', '.join(NORMAL_MODES)}")
     if options.denoise not in DENOISE_MODES:
         raise Recon3dError(f"--denoise {options.denoise}: choose {', '.join(DENOISE_MODES)}")
+    if options.outliers not in OUTLIER_MODES:
+        raise Recon3dError(f"--outliers {options.outliers}: choose {', '.join(OUTLIER_MODES)}")
     preset = PRESETS[options.preset]
     field = pick(preset["field"], device)
     if options.encoding is not None:
@@ -193,10 +198,23 @@ def _encoding_override(name: str, device: torch.device) -> dict:
 
 
 def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, source: str,
-                 denoise: str = "auto") -> ScanData:
-    """Normalise the scan, smooth it if it is noisy, estimate what it lacks, and move it to the device."""
+                 denoise: str = "auto", outliers: str = "drop") -> ScanData:
+    """Leave out isolated points, normalise the scan, smooth it if it is noisy, estimate what it lacks,
+    and move it to the device."""
     if len(cloud) < MIN_POINTS:
         raise InputError(f"{source}: only {len(cloud)} points; at least {MIN_POINTS} are needed to fit a surface")
+    dropped = 0
+    if outliers == "drop":
+        stray = isolated_points(cloud.points)
+        dropped = int(stray.sum())
+        if dropped:
+            keep = ~stray
+            cloud = PointCloud(cloud.points[keep], None if cloud.normals is None else cloud.normals[keep])
+            warn(f"{source}: left out {dropped:,} isolated point{'s' if dropped > 1 else ''} (their 16th neighbour "
+                 f"more than {ISOLATION_FACTOR:g}× the scan's median distance away; --outliers keep keeps them)")
+        if len(cloud) < MIN_POINTS:
+            raise InputError(f"{source}: only {len(cloud)} points are not isolated; at least {MIN_POINTS} are "
+                             "needed to fit a surface (--outliers keep uses them all)")
     to_world = fit_normalization(cloud.points, source)
     points = to_field(cloud.points, to_world).astype(np.float32)
     if float(np.ptp(points, axis=0).min()) < 1e-6:
@@ -240,7 +258,7 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
         origin=origin, sigma=as_tensor(sigma), distance_grid=as_tensor(grid)[None, None],
         sign_claims=as_tensor(claims.astype(np.float32))[None, None],
         data_box=as_tensor(np.stack([points.min(axis=0), points.max(axis=0)])), to_world=to_world, bounds=data_bounds(points),
-        support=scan_support(points, spacing), noise_ratio=ratio, denoised=smoothed,
+        support=scan_support(points, spacing), noise_ratio=ratio, denoised=smoothed, outliers_dropped=dropped,
     )
 
 
@@ -393,7 +411,7 @@ def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: 
     config = run_config(options, device, resume, resolve_preset)
     torch.manual_seed(config["settings"].seed)
     scan = prepare_scan(cloud, config.get("normals", options.normals), device, source,
-                        config.get("denoise", options.denoise))
+                        config.get("denoise", options.denoise), config.get("outliers", options.outliers))
     if resume is None and scan.noise_ratio < CLEAN_NOISE:
         config["settings"].lr_final_ratio = CLEAN_LR_FINAL
     field = build_field("sdf", {**config["field"], "level": 0.0, "inside": "below"}).to(device)
@@ -408,7 +426,7 @@ def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: 
         field.encoding.set_active_levels(field.encoding.n_levels)
     checkpoint = build_checkpoint(field, config, state, scan, device, options)
     save_fit(output, checkpoint, trainer, state)
-    return summarize(checkpoint, output, extra=("points", "normals", "denoised"))
+    return summarize(checkpoint, output, extra=("points", "outliers_dropped", "normals", "denoised"))
 
 
 def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, scan: ScanData,
@@ -420,9 +438,11 @@ def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, sc
             "field": {"encoding": field.config["encoding"], "mlp": field.config["mlp"]},
             "loss": config["loss"], "batch": config["batch"], "anneal": config.get("anneal", 0.0),
             "normals": config.get("normals", options.normals), "denoise": config.get("denoise", options.denoise),
+            "outliers": config.get("outliers", options.outliers),
             "settings": plain_settings(config["settings"]),
         },
-        "points": int(scan.points.shape[0]),
+        "points": int(scan.points.shape[0]) + scan.outliers_dropped,  # as read: --resume compares it with the file
+        "outliers_dropped": scan.outliers_dropped,
         "normals": scan.origin,
         "noise_ratio": round(scan.noise_ratio, 4),
         "denoised": scan.denoised,

@@ -1,0 +1,34 @@
+"""Isolated points: stray returns of a scanner, far from every surface the scan samples.
+
+One such point decides the scan's bounding box as much as the object does: the normalisation shrinks
+the object to fit it in, the field loses resolution, and the fit closes a small surface around the
+stray point. A point counts as isolated when its k-th nearest neighbour is more than ``factor`` times
+farther than the scan's median k-th neighbour distance: with k = 16 and factor 10 that is a
+neighbourhood 100 times sparser than the typical one. On real and sampled scans the largest ratio is
+far below that (SRB gargoyle 4.9, clean mesh samples 1.5-1.9), while a lone stray point, or a cluster
+of fewer than k of them, is far above it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+ISOLATION_NEIGHBOURS = 16
+ISOLATION_FACTOR = 10.0
+OUTLIER_MODES = ("drop", "keep")
+
+
+def isolated_points(points: np.ndarray, k: int = ISOLATION_NEIGHBOURS,
+                    factor: float = ISOLATION_FACTOR) -> np.ndarray:
+    """Boolean mask (N,) of the isolated points (see the module); all False when nothing can be judged."""
+    n = len(points)
+    k = int(min(k, n))
+    if k < 2:
+        return np.zeros(n, dtype=bool)
+    dist, _ = cKDTree(points).query(points, k=k, workers=-1)
+    reach = dist[:, -1]
+    typical = float(np.median(reach))
+    if not typical > 0:  # most points have k−1 duplicates: no spacing to compare with
+        return np.zeros(n, dtype=bool)
+    return reach > factor * typical
