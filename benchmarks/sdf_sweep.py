@@ -43,7 +43,9 @@ from recon3d.types import PointCloud
 
 def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
     """'gargoyle[:nonormals]' (a scan, or a cloud's path under ``data``; reference = its points) or
-    'spot:200k[:noise]' (mesh samples; ``noise`` adds σ = 0.25 % of the diagonal, ``noise0.5`` 0.5 %)."""
+    'spot:200k[:noise]' (mesh samples; ``noise`` adds σ = 0.25 % of the diagonal, ``noise0.5`` 0.5 %).
+    ``strays`` (either kind) appends 8 stray points outside the scan's box (see add_strays); the
+    reference stays without them."""
     parts = spec.split(":")
     name = parts[0]
     scan = data / "scans" / f"{name}.ply"
@@ -54,7 +56,7 @@ def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
         reference = PointCloud(cloud.points.copy(), cloud.normals)
         if "nonormals" in parts:
             cloud = PointCloud(cloud.points, None)
-        return spec, cloud, reference
+        return spec, add_strays(cloud) if "strays" in parts else cloud, reference
     mesh = read_mesh(data / "meshes" / f"{name}.obj")
     n = int(float(parts[1].rstrip("k")) * 1000) if len(parts) > 1 else 200_000
     points, _ = sample_surface(mesh, n, seed=0)
@@ -63,7 +65,21 @@ def load_case(spec: str, data: Path) -> tuple[str, PointCloud, object]:
         sigma = float(noise[0][len("noise"):] or 0.25) / 100
         diag = float(np.linalg.norm(mesh.vertices.max(0) - mesh.vertices.min(0)))
         points = points + np.random.default_rng(1).normal(scale=sigma * diag, size=points.shape)
-    return spec, PointCloud(points, None), mesh
+    cloud = PointCloud(points, None)
+    return spec, add_strays(cloud) if "strays" in parts else cloud, mesh
+
+
+def add_strays(cloud: PointCloud) -> PointCloud:
+    """The cloud with 3 lone points and a cluster of 5 outside its box (0.5-1.5 box sizes from its
+    centre), as a scanner's stray returns; their normals (if any) point up."""
+    lo, hi = cloud.points.min(axis=0), cloud.points.max(axis=0)
+    centre, size = (lo + hi) / 2, float((hi - lo).max())
+    lone = centre + size * np.array([[1.5, 0.0, 0.0], [0.0, -1.0, 0.8], [0.6, 0.6, 0.6]])
+    cluster = centre + size * (np.array([0.0, 0.0, 1.2]) + np.random.default_rng(5).normal(scale=0.002, size=(5, 3)))
+    strays = np.concatenate([lone, cluster])
+    normals = None if cloud.normals is None else np.concatenate(
+        [cloud.normals, np.tile(np.array([0.0, 0.0, 1.0], dtype=cloud.normals.dtype), (len(strays), 1))])
+    return PointCloud(np.concatenate([cloud.points, strays]), normals)
 
 
 def parse_config(spec: str) -> tuple[str, dict]:
@@ -71,7 +87,7 @@ def parse_config(spec: str) -> tuple[str, dict]:
     kwargs: dict = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        kwargs[key] = value if key in ("encoding", "normals", "denoise") else _number_or_text(value)
+        kwargs[key] = value if key in ("encoding", "normals", "denoise", "outliers") else _number_or_text(value)
     return preset, kwargs
 
 
