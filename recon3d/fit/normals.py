@@ -19,19 +19,19 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components, mini
 from scipy.spatial import cKDTree
 
 
-def neighbourhood(points: np.ndarray, k: int = 16, pca: bool = True,
-                  device: torch.device | str | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def neighbourhood(points: np.ndarray, k: int = 16, pca: bool = True, device: torch.device | str | None = None,
+                  query: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Return (unoriented unit normals (N,3) float32, k-th neighbour distance (N,), neighbour ids (N,k)).
 
     With ``pca=False`` only the neighbour query runs (the spacing is all a scan with its own normals, or
     one fitted without normals, needs) and the normals are None. ``device`` runs the plane fits in torch
     there (default: the CPU). 16 neighbours: planes over 10-12 cost thin parts (clean cow, 200k points:
     Chamfer-L1 0.099 % → 0.126-0.133 %), over 24-48 a real scan's detail (SRB gargoyle without normals:
-    normal consistency 0.979 → 0.976-0.979; benchmarks/results/h200-sweep-*pca*.json).
+    normal consistency 0.979 → 0.976-0.979; benchmarks/results/h200-sweep-*pca*.json). ``query``: the
+    (distances, ids) of this k-nearest query when already made (in these points' units).
     """
     k = int(min(k, len(points)))
-    tree = cKDTree(points)
-    dist, idx = tree.query(points, k=k, workers=-1)
+    dist, idx = query if query is not None else cKDTree(points).query(points, k=k, workers=-1)
     normals = pca_normals(points, idx, device) if pca else None
     return normals, dist[:, -1].astype(np.float32), idx
 

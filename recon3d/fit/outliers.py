@@ -19,15 +19,19 @@ ISOLATION_FACTOR = 10.0
 OUTLIER_MODES = ("drop", "keep")
 
 
-def isolated_points(points: np.ndarray, k: int = ISOLATION_NEIGHBOURS,
-                    factor: float = ISOLATION_FACTOR) -> np.ndarray:
-    """Boolean mask (N,) of the isolated points (see the module); all False when nothing can be judged."""
+def isolated_points(points: np.ndarray, k: int = ISOLATION_NEIGHBOURS, factor: float = ISOLATION_FACTOR,
+                    distances: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask (N,) of the isolated points (see the module); all False when nothing can be judged.
+
+    ``distances`` (N, k): each point's sorted neighbour distances, itself first, when already queried.
+    """
     n = len(points)
     k = int(min(k, n))
     if k < 2:
         return np.zeros(n, dtype=bool)
-    dist, _ = cKDTree(points).query(points, k=k, workers=-1)
-    reach = dist[:, -1]
+    if distances is None:
+        distances, _ = cKDTree(points).query(points, k=k, workers=-1)
+    reach = distances[:, k - 1]
     typical = float(np.median(reach))
     if not typical > 0:  # most points have k−1 duplicates: no spacing to compare with
         return np.zeros(n, dtype=bool)

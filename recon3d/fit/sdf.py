@@ -199,24 +199,29 @@ def _encoding_override(name: str, device: torch.device) -> dict:
 
 def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, source: str,
                  denoise: str = "auto", outliers: str = "drop") -> ScanData:
-    """Leave out isolated points, normalise the scan, smooth it if it is noisy, estimate what it lacks,
+    """Normalise the scan without its isolated points, smooth it if it is noisy, estimate what it lacks,
     and move it to the device."""
     if len(cloud) < MIN_POINTS:
         raise InputError(f"{source}: only {len(cloud)} points; at least {MIN_POINTS} are needed to fit a surface")
+    to_world = fit_normalization(cloud.points, source)
+    points = to_field(cloud.points, to_world).astype(np.float32)
+    # One 16-nearest query serves the isolation test and, unless points leave or move, the normals.
+    query = cKDTree(points).query(points, k=min(16, len(points)), workers=-1)
     dropped = 0
     if outliers == "drop":
-        stray = isolated_points(cloud.points)
+        stray = isolated_points(points, distances=query[0])
         dropped = int(stray.sum())
         if dropped:
             keep = ~stray
             cloud = PointCloud(cloud.points[keep], None if cloud.normals is None else cloud.normals[keep])
             warn(f"{source}: left out {dropped:,} isolated point{'s' if dropped > 1 else ''} (their 16th neighbour "
                  f"more than {ISOLATION_FACTOR:g}× the scan's median distance away; --outliers keep keeps them)")
-        if len(cloud) < MIN_POINTS:
-            raise InputError(f"{source}: only {len(cloud)} points are not isolated; at least {MIN_POINTS} are "
-                             "needed to fit a surface (--outliers keep uses them all)")
-    to_world = fit_normalization(cloud.points, source)
-    points = to_field(cloud.points, to_world).astype(np.float32)
+            if len(cloud) < MIN_POINTS:
+                raise InputError(f"{source}: only {len(cloud)} points are not isolated; at least {MIN_POINTS} are "
+                                 "needed to fit a surface (--outliers keep uses them all)")
+            to_world = fit_normalization(cloud.points, source)
+            points = to_field(cloud.points, to_world).astype(np.float32)
+            query = None
     if float(np.ptp(points, axis=0).min()) < 1e-6:
         warn(f"{source}: the points are flat (zero extent along one axis); the surface will be a thin shell")
     t0 = time.perf_counter()
@@ -224,13 +229,14 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     smoothed = denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)
     if smoothed:
         points, after = smooth_until_quiet(points, SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE, device)
-        passes = f"{len(after)} passes, " if len(after) > 1 else ""
-        info(f"{source}: noise {ratio:.2f} of the point spacing: points smoothed onto the planes of their "
-             f"{SMOOTH_NEIGHBOURS} neighbours ({passes}{after[-1]:.2f} after; --denoise off keeps them)")
+        passes = ", ".join(SMOOTH_PASSES[:len(after)])
+        info(f"{source}: noise {ratio:.2f} of the point spacing: points smoothed onto the local fits of their "
+             f"{SMOOTH_NEIGHBOURS} neighbours ({passes}; {after[-1]:.2f} after; --denoise off keeps them)")
     origin = "none" if normals_mode == "ignore" else (
         "file" if cloud.normals is not None and normals_mode == "auto" else "estimated")
     # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
-    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device)
+    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device,
+                                                    query=None if smoothed else query)
     normals = None
     if origin == "file":
         normals = cloud.normals.astype(np.float32)
