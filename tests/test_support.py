@@ -420,3 +420,5 @@ def test_cli_outliers_option_and_checkpoint_record(tmp_path):
     train = load_checkpoint(tmp_path / "m.pt")["train"]
     assert train["points"] == len(points) and train["outliers_dropped"] == strays
     assert train["config"]["outliers"] == "drop"
+    shown = runner.invoke(app, ["info", str(tmp_path / "m.pt"), "--json"])
+    assert shown.exit_code == 0 and '"outliers_dropped": 8' in shown.stdout
