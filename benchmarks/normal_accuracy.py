@@ -1,9 +1,10 @@
 """How good are fit-sdf's estimated normals? Direction and sign against known ones, no fitting.
 
-Runs fit-sdf's own scan preparation (normalisation, noise measure, smoothing when noisy, 16-neighbour
-PCA, spanning-tree orientation) on area-uniform samples of the meshes under ``DATA/meshes`` (clean and
-with Gaussian noise, σ in % of the bounding-box diagonal) and on the scans under ``DATA/scans`` that
-carry normals, and compares the result with the true face normals (or the file's):
+Runs fit-sdf's own scan preparation (``recon3d.fit.sdf.prepare_scan``: normalisation, noise measure,
+smoothing when noisy, 16-neighbour PCA, spanning-tree orientation) on area-uniform samples of the
+meshes under ``DATA/meshes`` (clean and with Gaussian noise, σ in % of the bounding-box diagonal) and
+on the scans under ``DATA/scans`` that carry normals, and compares the result with the true face
+normals (or the file's):
 
 - ``mean_abs_cos``: mean |cos| between estimated and true directions (1 = every plane exact);
 - ``over_10deg``: fraction of directions more than 10° off;
@@ -25,16 +26,16 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._stamp import code_stamp  # noqa: E402
-from recon3d.fit import normals as normals_fit  # noqa: E402
-from recon3d.fit.denoise import NOISE_THRESHOLD, noise_ratio, smooth_until_quiet  # noqa: E402
-from recon3d.fit.normalize import fit_normalization, to_field  # noqa: E402
-from recon3d.fit.sdf import SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE  # noqa: E402
+from recon3d.console import set_quiet  # noqa: E402
+from recon3d.fit import sdf as sdf_fit  # noqa: E402
 from recon3d.io.mesh import read_mesh  # noqa: E402
 from recon3d.io.pointcloud import read_point_cloud  # noqa: E402
 from recon3d.metrics import bbox_diagonal, sample_surface  # noqa: E402
+from recon3d.types import PointCloud  # noqa: E402
 
 SAMPLE_SEED = 1
 
@@ -60,16 +61,15 @@ def inputs(data: Path, counts: list[int], noises: list[float], only: list[str] |
 
 
 def estimate(points: np.ndarray, passes: tuple[str, ...]) -> tuple[np.ndarray, int, float]:
-    """fit-sdf's estimated normals (prepare_scan's steps), the smoothing passes run, and the seconds taken."""
+    """fit-sdf's estimated normals (its own prepare_scan, with these smoothing passes and every point
+    kept, so that they stay in the input's order), the smoothing passes run, and the seconds taken."""
     start = time.perf_counter()
-    pts = to_field(points, fit_normalization(points, "input")).astype(np.float32)
-    ran = 0
-    if noise_ratio(pts) >= NOISE_THRESHOLD:
-        pts, ratios = smooth_until_quiet(pts, SMOOTH_NEIGHBOURS, passes, SMOOTH_REPEAT_ABOVE)
-        ran = len(ratios)
-    unoriented, _, neighbours = normals_fit.neighbourhood(pts)
-    oriented = normals_fit.orient_normals(pts, unoriented, neighbours)
-    return oriented, ran, time.perf_counter() - start
+    saved, sdf_fit.SMOOTH_PASSES = sdf_fit.SMOOTH_PASSES, passes
+    try:
+        scan = sdf_fit.prepare_scan(PointCloud(points, None), "estimate", torch.device("cpu"), "input", outliers="keep")
+    finally:
+        sdf_fit.SMOOTH_PASSES = saved
+    return scan.normals.cpu().numpy(), scan.smoothing_passes, time.perf_counter() - start
 
 
 def score(estimated: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated mesh / scan names")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
-    variants = args.passes or ["+".join(SMOOTH_PASSES)]
+    variants = args.passes or ["+".join(sdf_fit.SMOOTH_PASSES)]
+    set_quiet(True)  # prepare_scan's log lines; the table and the per-input lines are the output
     counts = [int(float(c)) for c in args.points.split(",")]
     noises = [float(s) for s in args.noise.split(",")]
     only = args.only.split(",") if args.only else None

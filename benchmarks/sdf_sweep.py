@@ -87,7 +87,7 @@ def parse_config(spec: str) -> tuple[str, dict]:
     kwargs: dict = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        kwargs[key] = value if key in ("encoding", "normals", "denoise", "outliers") else _number_or_text(value)
+        kwargs[key] = _number_or_text(value)
     return preset, kwargs
 
 

@@ -232,6 +232,8 @@ def test_prepare_scan_denoises_noisy_scans_only_in_auto():
     clean = sample_sphere(4000, seed=0)
     noisy = PointCloud(clean.points + np.random.default_rng(1).normal(scale=0.04, size=clean.points.shape), None)
     assert prepare_scan(noisy, "auto", CPU, "noisy").denoised
+    assert prepare_scan(noisy, "auto", CPU, "noisy").smoothing_passes >= 1
+    assert prepare_scan(PointCloud(clean.points, None), "auto", CPU, "clean").smoothing_passes == 0
     assert not prepare_scan(noisy, "auto", CPU, "noisy", denoise="off").denoised
     assert not prepare_scan(PointCloud(clean.points, None), "auto", CPU, "clean").denoised
     assert prepare_scan(PointCloud(clean.points, None), "auto", CPU, "clean", denoise="on").denoised

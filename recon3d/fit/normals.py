@@ -19,7 +19,11 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components, mini
 from scipy.spatial import cKDTree
 
 
-def neighbourhood(points: np.ndarray, k: int = 16, pca: bool = True, device: torch.device | str | None = None,
+#: Neighbours of each point's plane fit (PCA normals) and local spacing.
+NEIGHBOURS = 16
+
+
+def neighbourhood(points: np.ndarray, k: int = NEIGHBOURS, pca: bool = True, device: torch.device | str | None = None,
                   query: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Return (unoriented unit normals (N,3) float32, k-th neighbour distance (N,), neighbour ids (N,k)).
 

@@ -40,8 +40,8 @@ from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batc
 from recon3d.fit.loop import Trainer, TrainState
 from recon3d.fit.denoise import DENOISE_MODES, NOISE_THRESHOLD, noise_ratio, smooth_until_quiet
 from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
-from recon3d.fit.normals import neighbourhood, orient_normals, pca_normals, sign_disagreement
-from recon3d.fit.outliers import ISOLATION_FACTOR, OUTLIER_MODES, isolated_points
+from recon3d.fit.normals import NEIGHBOURS, neighbourhood, orient_normals, pca_normals, sign_disagreement
+from recon3d.fit.outliers import ISOLATION_FACTOR, ISOLATION_NEIGHBOURS, OUTLIER_MODES, isolated_points
 from recon3d.mesh.support import scan_support
 from recon3d.types import PointCloud
 
@@ -162,6 +162,7 @@ class ScanData:
     support: dict[str, np.ndarray]  # voxel-thinned scan for extraction (recon3d.mesh.support)
     noise_ratio: float = 0.0  # see recon3d.fit.denoise
     denoised: bool = False
+    smoothing_passes: int = 0  # passes run when denoised (recon3d.fit.denoise.smooth_until_quiet)
     outliers_dropped: int = 0  # isolated points left out (recon3d.fit.outliers)
 
 
@@ -205,8 +206,8 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
         raise InputError(f"{source}: only {len(cloud)} points; at least {MIN_POINTS} are needed to fit a surface")
     to_world = fit_normalization(cloud.points, source)
     points = to_field(cloud.points, to_world).astype(np.float32)
-    # One 16-nearest query serves the isolation test and, unless points leave or move, the normals.
-    query = cKDTree(points).query(points, k=min(16, len(points)), workers=-1)
+    # One k-nearest query serves the isolation test and, unless points leave or move, the normals.
+    query = cKDTree(points).query(points, k=min(max(NEIGHBOURS, ISOLATION_NEIGHBOURS), len(points)), workers=-1)
     dropped = 0
     if outliers == "drop":
         stray = isolated_points(points, distances=query[0])
@@ -214,7 +215,8 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
         if dropped:
             keep = ~stray
             cloud = PointCloud(cloud.points[keep], None if cloud.normals is None else cloud.normals[keep])
-            warn(f"{source}: left out {dropped:,} isolated point{'s' if dropped > 1 else ''} (their 16th neighbour "
+            warn(f"{source}: left out {dropped:,} isolated point{'s' if dropped > 1 else ''} (their "
+                 f"{ISOLATION_NEIGHBOURS}th neighbour "
                  f"more than {ISOLATION_FACTOR:g}× the scan's median distance away; --outliers keep keeps them)")
             if len(cloud) < MIN_POINTS:
                 raise InputError(f"{source}: only {len(cloud)} points are not isolated; at least {MIN_POINTS} are "
@@ -227,6 +229,7 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     t0 = time.perf_counter()
     ratio = noise_ratio(points, device=device)
     smoothed = denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)
+    after: list[float] = []
     if smoothed:
         points, after = smooth_until_quiet(points, SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE, device)
         passes = ", ".join(SMOOTH_PASSES[:len(after)])
@@ -235,6 +238,8 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
     origin = "none" if normals_mode == "ignore" else (
         "file" if cloud.normals is not None and normals_mode == "auto" else "estimated")
     # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
+    if query is not None and not smoothed:
+        query = (query[0][:, :NEIGHBOURS], query[1][:, :NEIGHBOURS])
     unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device,
                                                     query=None if smoothed else query)
     normals = None
@@ -264,7 +269,8 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
         origin=origin, sigma=as_tensor(sigma), distance_grid=as_tensor(grid)[None, None],
         sign_claims=as_tensor(claims.astype(np.float32))[None, None],
         data_box=as_tensor(np.stack([points.min(axis=0), points.max(axis=0)])), to_world=to_world, bounds=data_bounds(points),
-        support=scan_support(points, spacing), noise_ratio=ratio, denoised=smoothed, outliers_dropped=dropped,
+        support=scan_support(points, spacing), noise_ratio=ratio, denoised=smoothed, smoothing_passes=len(after),
+        outliers_dropped=dropped,
     )
 
 
@@ -452,6 +458,7 @@ def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, sc
         "normals": scan.origin,
         "noise_ratio": round(scan.noise_ratio, 4),
         "denoised": scan.denoised,
+        "smoothing_passes": scan.smoothing_passes,
     }
     checkpoint = checkpoint_dict("sdf", field, 0.0, "below", scan.to_world, scan.bounds, state, device, train)
     checkpoint["support"] = {key: torch.from_numpy(value) for key, value in scan.support.items()}

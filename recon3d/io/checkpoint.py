@@ -104,7 +104,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Method-specific training records that ``info`` shows when a checkpoint has them.
-_METHOD_RECORDS = ("points", "outliers_dropped", "normals", "noise_ratio", "denoised", "input", "size", "labels", "threshold", "scene", "images", "width",
+_METHOD_RECORDS = ("points", "outliers_dropped", "normals", "noise_ratio", "denoised", "smoothing_passes", "input", "size", "labels", "threshold", "scene", "images", "width",
                    "height", "downscale", "background", "near", "far", "psnr", "samples_per_second")
 
 
