@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from recon3d.fit.normals import plane_fits
+from recon3d.fit.normals import plane_fits, principal_axes
 
 #: Neighbours for the noise measure (the smoothing's own count is fit-sdf's SMOOTH_NEIGHBOURS).
 NOISE_NEIGHBOURS = 16
@@ -101,9 +101,7 @@ def project_to_quadrics(points: np.ndarray, k: int, device: torch.device | str |
         offsets = pts[idx] - pts[start:stop, None, :]  # (n,k,3) around each point: float32 is exact enough
         centroid = offsets.mean(dim=1)
         centred = offsets - centroid[:, None, :]
-        cov = (centred.transpose(1, 2) @ centred).double().cpu()
-        # The 3×3 eigendecompositions on the CPU (cuSOLVER's batched solver fails on 200k matrices).
-        _, vectors = torch.linalg.eigh(cov)
+        _, vectors = principal_axes(centred)
         frame = vectors.to(device=pts.device, dtype=torch.float32)  # columns: normal, minor, major axis
         local = centred @ frame  # (n,k,3): w, v, u
         w, v, u = local.unbind(dim=-1)

@@ -59,15 +59,22 @@ def plane_fits(points: np.ndarray, neighbours: np.ndarray, device: torch.device 
         idx = torch.as_tensor(np.asarray(neighbours[start:start + chunk], dtype=np.int64), device=pts.device)
         nb = pts[idx]
         centroid = nb.mean(dim=1)
-        centred = nb - centroid[:, None, :]
-        cov = (centred.transpose(1, 2) @ centred).double().cpu() / idx.shape[1]
-        # The 3×3 eigendecompositions on the CPU: cuSOLVER's batched solver fails on 200k matrices.
-        values, vectors = torch.linalg.eigh(cov)
+        values, vectors = principal_axes(nb - centroid[:, None, :])
         parts.append((centroid.cpu(), vectors[:, :, 0].float(), values[:, 0].clamp_min(0.0).float()))
     if not parts:
         empty = np.zeros((0, 3), np.float32)
         return empty, empty.copy(), np.zeros(0, np.float32)
     return tuple(torch.cat(column).cpu().numpy() for column in zip(*parts))  # type: ignore[return-value]
+
+
+def principal_axes(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (n,3), ascending, and eigenvectors (n,3,3; columns) of the covariance of each
+    neighbourhood's centred points (n,k,3), both float64 on the CPU.
+
+    The 3×3 eigendecompositions run on the CPU: cuSOLVER's batched solver fails on 200k matrices.
+    """
+    cov = (centred.transpose(1, 2) @ centred).double().cpu() / centred.shape[1]
+    return torch.linalg.eigh(cov)
 
 
 #: Weight of the across-the-plane term of the orientation graph's edges (see orient_normals).
