@@ -49,15 +49,17 @@ def main() -> None:
             median = {key: statistics.median(r.get(key, 0.0) for r in runs) for key in runs[0]}
             rows.append({"checkpoint": path.name, "kind": checkpoint["kind"], "marching": marching,
                          "faces": mesh.n_faces, "queries": stats["queries"], "median": median, "runs": runs})
-            print(f"{path.name} {marching}: {median['wall']:.3f} s ({mesh.n_faces:,} faces)", file=sys.stderr, flush=True)
+            print(f"{path.name} {marching}: {median['wall']:.3f} s ({mesh.n_faces:,} faces)", file=sys.stderr,
+                  flush=True)
             if args.json_out:
                 args.json_out.write_text(json.dumps({"code": code_stamp(), "device": str(device),
                                                      "resolution": args.resolution, "rows": rows}, indent=1))
-    print(f"\n| checkpoint | marching cubes | faces | median wall s | evaluate | marching cubes | clean-up | normals |")
+    print("\n| checkpoint | marching cubes | faces | median wall s | evaluate | marching cubes | clean-up | normals |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["median"]
-        print(f"| {r['checkpoint']} | {r['marching']} | {r['faces']:,} | {m['wall']:.3f} | {m.get('evaluate', 0):.3f} | "
+        print(f"| {r['checkpoint']} | {r['marching']} | {r['faces']:,} | {m['wall']:.3f} | "
+              f"{m.get('evaluate', 0):.3f} | "
               f"{m.get('marching_cubes', 0):.3f} | {m.get('cleanup', 0):.3f} | {m.get('normals', 0):.3f} |")
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from recon3d.fields import build_field
+from recon3d.fields.surface import Surface
 from recon3d.fit.sdf import SDFOptions, resolve_preset
-from recon3d.mesh.extract import extract_mesh
+from recon3d.mesh.extract import ExtractOptions, extract_mesh
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     config = resolve_preset(SDFOptions(), device)["field"]
     field = build_field("sdf", {**config, "level": 0.0, "inside": "below"}).to(device).eval()
     bounds = np.array([[-1.0] * 3, [1.0] * 3])
-    kwargs = dict(bounds=bounds, resolution=args.resolution, device=device, normals="field", refine=args.refine)
+    options = ExtractOptions(resolution=args.resolution, normals="field", refine=args.refine, chunk=args.chunk)
 
     rows = {}
     for name, cap in (("no cap", None), (f"cap {args.cap_gib:g} GiB", args.cap_gib)):
@@ -50,12 +51,12 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
         calls: list[int] = []
 
-        def field_fn(points: torch.Tensor) -> torch.Tensor:
+        def field_fn(points: torch.Tensor, calls: list[int] = calls) -> torch.Tensor:
             calls.append(len(points))
             return field(points)
 
         start = time.perf_counter()
-        result = extract_mesh(field_fn, chunk=args.chunk, **kwargs)
+        result = extract_mesh(Surface(field_fn, 0.0, "below", lipschitz=1.0), bounds, options, device)
         torch.cuda.synchronize(device)
         rows[name] = {
             "seconds": time.perf_counter() - start, "faces": result.mesh.n_faces,
@@ -71,16 +72,19 @@ def main() -> None:
     same_faces = np.array_equal(free["mesh_faces"], capped["mesh_faces"])
     vertex_gap = float(np.abs(free["vertices"] - capped["vertices"]).max()) if same_faces else None
     normal_gap = float(np.abs(free["normals"] - capped["normals"]).max()) if same_faces else None
-    print(f"\n| run | seconds | faces | GPU peak GiB | field calls | largest call |")
+    print("\n| run | seconds | faces | GPU peak GiB | field calls | largest call |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['seconds']:.2f} | {r['faces']:,} | {r['peak_gib']:.2f} | {r['calls']} | {r['largest_call']:,} |")
+        print(f"| {name} | {r['seconds']:.2f} | {r['faces']:,} | {r['peak_gib']:.2f} | {r['calls']} | "
+              f"{r['largest_call']:,} |")
     print(f"\nsame faces: {same_faces}; max vertex difference {vertex_gap}; max normal difference {normal_gap}")
     if args.json_out:
-        plain = {k: {kk: vv for kk, vv in r.items() if kk not in ("vertices", "normals", "mesh_faces")} for k, r in rows.items()}
-        args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": str(args.json_out)}, "gpu": torch.cuda.get_device_name(),
-                                             "rows": plain, "same_faces": same_faces, "max_vertex_difference": vertex_gap,
-                                             "max_normal_difference": normal_gap}, indent=1))
+        arrays = ("vertices", "normals", "mesh_faces")
+        plain = {k: {kk: vv for kk, vv in r.items() if kk not in arrays} for k, r in rows.items()}
+        record = {"args": vars(args) | {"json_out": str(args.json_out)}, "gpu": torch.cuda.get_device_name(),
+                  "rows": plain, "same_faces": same_faces, "max_vertex_difference": vertex_gap,
+                  "max_normal_difference": normal_gap}
+        args.json_out.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -41,12 +41,12 @@ if str(REPO) not in sys.path:
 
 from benchmarks._stamp import code_stamp  # noqa: E402
 from recon3d.device import resolve_device, synchronize  # noqa: E402
-from recon3d.fit.normalize import to_field  # noqa: E402
 from recon3d.fit.occupancy import PRESETS, OccupancyOptions, clean_mesh, fit_occupancy, prepare_mesh  # noqa: E402
 from recon3d.io.checkpoint import load_checkpoint  # noqa: E402
 from recon3d.io.mesh import read_mesh  # noqa: E402
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint  # noqa: E402
 from recon3d.metrics import evaluate, inside_mesh, mesh_is_watertight, volume_iou  # noqa: E402
+from recon3d.points.normalize import to_field  # noqa: E402
 from recon3d.types import TriMesh  # noqa: E402
 
 #: Inputs in the order they run (the budget may stop the tail): the closed ~100k-face target first, the
@@ -402,7 +402,8 @@ def table(rows: list[dict], skipped: list[dict]) -> str:
         "(the field normals, one query per vertex, come on top). fit s: wall from the mesh to the written checkpoint "
         "(labelling included) / the training loop's own seconds. IoU: Monte-Carlo volume IoU over the union "
         "box; ʷ = the input is open, its inside by the rule fit-occupancy labels it "
-        "with (winding number, or enclosed volume for double-sided soups). watertight: the metrics mesh, (extractions watertight / extractions run); * = its "
+        "with (winding number, or enclosed volume for double-sided soups). watertight: the metrics mesh, "
+        "(extractions watertight / extractions run); * = its "
         "connectivity is closed but distinct vertices share a position (so the weld-by-position test fails).",
     ]
     return "\n".join(lines)
@@ -464,7 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="fit-occupancy preset")
     p.add_argument("--steps", type=int, default=None, help="fit steps [the preset's for the device]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--refine", type=int, default=0, help="Newton refinement steps in every extraction (extract-mesh --refine)")
+    p.add_argument("--refine", type=int, default=0,
+                   help="Newton refinement steps in every extraction (extract-mesh --refine)")
     p.add_argument("--no-dense-512", action="store_true", help="skip dense sampling at 512³ (the slowest step)")
     p.add_argument("--eval-samples", type=int, default=200_000, help="surface samples per mesh for the metrics")
     p.add_argument("--iou-samples", type=int, default=200_000, help="Monte-Carlo points for the volume IoU")

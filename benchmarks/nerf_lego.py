@@ -28,11 +28,12 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._stamp import code_stamp  # noqa: E402
 from recon3d.device import resolve_device, synchronize  # noqa: E402
-from recon3d.fit.nerf import NerfOptions, fit_nerf, load_nerf  # noqa: E402
+from recon3d.fit.nerf import NerfOptions, fit_nerf  # noqa: E402
 from recon3d.io.checkpoint import load_checkpoint  # noqa: E402
 from recon3d.io.scene import read_scene  # noqa: E402
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint  # noqa: E402
 from recon3d.metrics import mesh_is_watertight  # noqa: E402
+from recon3d.render.model import Renderer, load_renderer  # noqa: E402
 from recon3d.render.views import png_bytes, render_split  # noqa: E402
 
 
@@ -50,13 +51,13 @@ def hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU"
 
 
-def evaluate(checkpoint_or_parts, val, device) -> dict:
-    field, grid, sampling = checkpoint_or_parts
+def evaluate(renderer: Renderer, val, device) -> dict:
+    field = renderer.field
     was_training = field.training
     field.eval()
     synchronize(device)
     start = time.perf_counter()
-    result = render_split(field, grid, sampling, val, None)
+    result = render_split(renderer, val, None)
     synchronize(device)
     field.train(was_training)
     return {"psnr": result["psnr"], "ssim": result["ssim"], "eval_seconds": time.perf_counter() - start}
@@ -76,7 +77,7 @@ def run_preset(preset: str, args, train, val, device, out_dir: Path) -> dict:
             t0 = time.perf_counter()
             grid = getattr(trainer.step_fn, "grid", None)
             sampling = trainer.step_fn.sampling
-            scores = evaluate((trainer.model, grid, sampling), val, device)
+            scores = evaluate(Renderer(trainer.model, grid, sampling), val, device)
             row = {"mark_s": marks[state["next"]], "train_s": round(elapsed, 2), "steps": step, **scores,
                    "samples_per_s": trainer.step_fn.samples_seen / max(elapsed, 1e-9)}
             curve.append(row)
@@ -90,8 +91,7 @@ def run_preset(preset: str, args, train, val, device, out_dir: Path) -> dict:
     path = out_dir / f"lego_{preset}.pt"
     summary = fit_nerf(train, options, path, device, show_progress=False, on_step=on_step)
     checkpoint = load_checkpoint(path)
-    parts = load_nerf(checkpoint, device)
-    scores = evaluate(parts, val, device)
+    scores = evaluate(load_renderer(checkpoint, device), val, device)
     curve.append({"mark_s": marks[-1], "train_s": summary["seconds"], "steps": summary["steps"], **scores,
                   "samples_per_s": summary.get("samples_per_second")})
     log(f"[{preset}] {summary['seconds']:7.1f} s  step {summary['steps']:6d}  val PSNR {scores['psnr']:.2f}  "
@@ -160,7 +160,8 @@ def main() -> None:
     t0 = time.perf_counter()
     train = read_scene(args.data, "train", downscale=args.downscale, keep_alpha=True).to(device)
     val = read_scene(args.data, "val", downscale=args.downscale, max_images=args.val_views).to(device)
-    log(f"loaded {len(train)} train / {len(val)} val views {train.width}x{train.height} in {time.perf_counter() - t0:.1f} s")
+    log(f"loaded {len(train)} train / {len(val)} val views {train.width}x{train.height} "
+        f"in {time.perf_counter() - t0:.1f} s")
     results = []
     for preset in [p for p in args.presets.split(",") if p]:
         marks = args.paper_marks if (preset == "paper" and args.paper_marks) else args.marks

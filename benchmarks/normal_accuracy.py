@@ -11,7 +11,7 @@ normals (or the file's):
 - ``sign_ok``: fraction whose sign agrees after orientation (cos > 0).
 
 Each ``--passes`` value is a variant of fit-sdf's ``SMOOTH_PASSES`` for noisy scans, its items joined by
-"+" (see recon3d.fit.denoise.smooth_until_quiet); without one, fit-sdf's own.
+"+" (see recon3d.points.denoise.smooth_until_quiet); without one, fit-sdf's own.
 
     python benchmarks/normal_accuracy.py --data data --passes plane --passes plane+quadric --json-out out.json
 """
@@ -35,6 +35,7 @@ from recon3d.fit import sdf as sdf_fit  # noqa: E402
 from recon3d.io.mesh import read_mesh  # noqa: E402
 from recon3d.io.pointcloud import read_point_cloud  # noqa: E402
 from recon3d.metrics import bbox_diagonal, sample_surface  # noqa: E402
+from recon3d.points import scan as scan_points  # noqa: E402
 from recon3d.types import PointCloud  # noqa: E402
 
 SAMPLE_SEED = 1
@@ -64,11 +65,11 @@ def estimate(points: np.ndarray, passes: tuple[str, ...]) -> tuple[np.ndarray, i
     """fit-sdf's estimated normals (its own prepare_scan, with these smoothing passes and every point
     kept, so that they stay in the input's order), the smoothing passes run, and the seconds taken."""
     start = time.perf_counter()
-    saved, sdf_fit.SMOOTH_PASSES = sdf_fit.SMOOTH_PASSES, passes
+    saved, scan_points.SMOOTH_PASSES = scan_points.SMOOTH_PASSES, passes
     try:
         scan = sdf_fit.prepare_scan(PointCloud(points, None), "estimate", torch.device("cpu"), "input", outliers="keep")
     finally:
-        sdf_fit.SMOOTH_PASSES = saved
+        scan_points.SMOOTH_PASSES = saved
     return scan.normals.cpu().numpy(), scan.smoothing_passes, time.perf_counter() - start
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated mesh / scan names")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
-    variants = args.passes or ["+".join(sdf_fit.SMOOTH_PASSES)]
+    variants = args.passes or ["+".join(scan_points.SMOOTH_PASSES)]
     set_quiet(True)  # prepare_scan's log lines; the table and the per-input lines are the output
     counts = [int(float(c)) for c in args.points.split(",")]
     noises = [float(s) for s in args.noise.split(",")]

@@ -25,7 +25,6 @@ sys.path.insert(0, str(REPO))
 
 from recon3d.device import resolve_device, synchronize  # noqa: E402
 from recon3d.fields import build_field  # noqa: E402
-from recon3d.fields.implicit import gradient  # noqa: E402
 from recon3d.fit import sdf as sdf_fit  # noqa: E402
 from recon3d.synthetic import sample_sphere  # noqa: E402
 from recon3d.types import PointCloud  # noqa: E402
@@ -72,7 +71,8 @@ def main() -> None:
     times = step_times(device, args.points, args.steps, args.blocks)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rows = {method: 1000 * statistics.median(values) for method, values in times.items()}
-    print(f"\n{name}, torch {torch.__version__}, batch {sdf_fit.resolve_preset(sdf_fit.SDFOptions(), device)['batch']}, "
+    batch = sdf_fit.resolve_preset(sdf_fit.SDFOptions(), device)["batch"]
+    print(f"\n{name}, torch {torch.__version__}, batch {batch}, "
           f"{args.blocks} × {args.steps} steps per method")
     print("| ∇f | median ms / step |\n|---|---|")
     for method, ms in rows.items():

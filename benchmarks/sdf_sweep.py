@@ -10,9 +10,10 @@ Used to choose defaults (one process, so CUDA start-up and imports are paid once
 Keys ``enc.K``, ``mlp.K`` and ``loss.K`` patch the preset's encoding, MLP and loss weights for that
 configuration only (values on every device), ``preset.K`` a key of the preset itself (e.g.
 ``preset.anneal=0.3``); ``const.NAME`` sets a module constant of recon3d.fit.sdf (e.g.
-``const.FAR_SLACK=0.02``; a tuple constant takes its items joined by "+", e.g.
-``const.SMOOTH_PASSES=plane+plane``) for that configuration, ``normals.NAME`` one of recon3d.fit.normals (e.g.
-``normals.TANGENT_WEIGHT=0``); ``train.K`` sets a training setting (e.g. ``train.steps``; on clean scans
+``const.FAR_SLACK=0.02``), ``scan.NAME`` one of recon3d.points.scan (a tuple constant takes its
+items joined by "+", e.g. ``scan.SMOOTH_PASSES=plane+plane``), ``distance.NAME`` one of
+recon3d.points.distance, ``normals.NAME`` one of recon3d.points.normals (e.g. ``normals.TANGENT_WEIGHT=0``)
+for that configuration; ``train.K`` sets a training setting (e.g. ``train.steps``; on clean scans
 fit-sdf sets ``lr_final_ratio`` itself afterwards, so sweep that one with ``const.CLEAN_LR_FINAL``);
 ``resolution``, ``refine`` and ``keep_unsupported`` go to extraction; other keys are fit-sdf options.
 """
@@ -27,10 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from recon3d.device import resolve_device, synchronize
-from recon3d.fit import normals as normals_fit
 from recon3d.fit import sdf as sdf_fit
 from recon3d.fit.sdf import SDFOptions, fit_sdf, resolve_preset
 from recon3d.io.checkpoint import load_checkpoint
@@ -38,6 +37,9 @@ from recon3d.io.mesh import read_mesh, write_mesh
 from recon3d.io.pointcloud import read_point_cloud
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
 from recon3d.metrics import evaluate, sample_surface
+from recon3d.points import distance as distance_points
+from recon3d.points import normals as normals_points
+from recon3d.points import scan as scan_points
 from recon3d.types import PointCloud
 
 
@@ -151,7 +153,7 @@ def main() -> None:
         for config in args.config:
             preset, kwargs = parse_config(config)
             mesh_kwargs = {k: kwargs.pop(k) for k in ("resolution", "keep_unsupported", "refine") if k in kwargs}
-            modules = {"const": sdf_fit, "normals": normals_fit}
+            modules = {"const": sdf_fit, "scan": scan_points, "distance": distance_points, "normals": normals_points}
             constants = {(modules[k.split(".")[0]], k.split(".", 1)[1]): kwargs.pop(k)
                          for k in list(kwargs) if k.split(".")[0] in modules}
             saved = {key: getattr(*key) for key in constants}
@@ -185,9 +187,10 @@ def main() -> None:
             row = {"case": name, "config": config, "points": len(cloud), "fit_s": t1 - t0, "train_s": fit["seconds"],
                    "steps": fit["steps"], "extract_s": t2 - t1, "extract": stats, "loss": fit["loss"], **metrics}
             rows.append(row)
-            print(f"{name:28s} {config:40s} fit {t1 - t0:6.1f}s ext {t2 - t1:5.2f}s CD {metrics['chamfer_l1'] * 100:.4f}% "
-                  f"F0.5 {metrics['fscore@0.5%']:.3f} F1 {metrics['fscore@1%']:.3f} NC {metrics['normal_consistency'] or 0:.3f} "
-                  f"acc {metrics['accuracy'] * 100:.4f} comp {metrics['completeness'] * 100:.4f} WT {metrics['watertight']} "
+            m = metrics
+            print(f"{name:28s} {config:40s} fit {t1 - t0:6.1f}s ext {t2 - t1:5.2f}s CD {m['chamfer_l1'] * 100:.4f}% "
+                  f"F0.5 {m['fscore@0.5%']:.3f} F1 {m['fscore@1%']:.3f} NC {m['normal_consistency'] or 0:.3f} "
+                  f"acc {m['accuracy'] * 100:.4f} comp {m['completeness'] * 100:.4f} WT {m['watertight']} "
                   f"dropped {stats['dropped_unsupported']}", file=sys.stderr, flush=True)
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=1, default=str))

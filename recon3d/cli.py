@@ -148,16 +148,23 @@ def main_callback(
 @_command
 def fit_sdf_command(
     scan: Path = typer.Argument(..., help="Point cloud: PLY, PCD, XYZ/PTS/TXT, OBJ/OFF vertices, NPZ."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write \\[default: SCAN's name + .pt]."),
-    preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (IGR 8×512), siren, fourier."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Checkpoint to write \\[default: SCAN's name + .pt]."),
+    preset: str = typer.Option("fast", "--preset",
+                               help="fast (hash grid, default), paper (IGR 8×512), siren, fourier."),
     steps: Optional[int] = StepsOpt,
     max_seconds: Optional[float] = MaxSecondsOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Scan points per step \\[default: the preset's]."),
     lr: Optional[float] = LrOpt,
-    encoding: Optional[str] = typer.Option(None, "--encoding", help="Override the encoding: hashgrid, frequency, fourier, none."),
+    encoding: Optional[str] = typer.Option(None, "--encoding",
+                                           help="Override the encoding: hashgrid, frequency, fourier, none."),
     normals: str = typer.Option("auto", "--normals", help="auto (the file's, else estimated), estimate, ignore."),
-    denoise: str = typer.Option("auto", "--denoise", help="Smooth noisy points onto local planes first: auto (when the noise is large against the point spacing), on, off."),
-    outliers: str = typer.Option("drop", "--outliers", help="Isolated points (16th neighbour over 10× the median distance away): drop, keep."),
+    denoise: str = typer.Option("auto", "--denoise",
+                                help="Smooth noisy points onto local planes first: auto (when the noise is large "
+                                     "against the point spacing), on, off."),
+    outliers: str = typer.Option("drop", "--outliers",
+                                 help="Isolated points (16th neighbour over 10× the median distance away): "
+                                      "drop, keep."),
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -167,30 +174,17 @@ def fit_sdf_command(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Fit a signed distance field to a point cloud (IGR losses; hash grid, MLP, SIREN or Fourier field)."""
-    from recon3d.device import resolve_device
-    from recon3d.fit.sdf import SDFOptions, fit_sdf
-    from recon3d.io.checkpoint import load_checkpoint
-    from recon3d.io.pointcloud import read_point_cloud
-
-    out = _checkpoint_path(output, scan.stem)
-    torch_device = resolve_device(device)
-    options = SDFOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
-                         seed=seed, normals=normals, amp=amp, encoding=encoding, denoise=denoise, outliers=outliers)
-    previous = _resumable(out, load_checkpoint, "sdf") if resume else None
-    cloud = read_point_cloud(scan)
-    if previous is not None and previous["train"]["points"] != len(cloud):
-        raise Recon3dError(f"{out}: was fitted to {previous['train']['points']} points, {scan} has {len(cloud)}; "
-                           "resume needs the same scan")
-    summary = fit_sdf(cloud, options, out, torch_device, source=str(scan), resume=previous,
-                      show_progress=not quiet)
-    _finish_fit(summary, out, as_json, f"recon3d fit-sdf {scan} -o {out} --resume")
+    _fit("fit-sdf", scan, output, device, resume, as_json, quiet, preset=preset, steps=steps,
+         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp, encoding=encoding, normals=normals,
+         denoise=denoise, outliers=outliers)
 
 
 @app.command("fit-occupancy")
 @_command
 def fit_occupancy_command(
     shape: Path = typer.Argument(..., help="Mesh (OBJ, PLY, STL, OFF, GLB) or Occupancy Networks points.npz."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write \\[default: SHAPE's name + .pt]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Checkpoint to write \\[default: SHAPE's name + .pt]."),
     preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (ONet-style MLP), fourier."),
     steps: Optional[int] = StepsOpt,
     max_seconds: Optional[float] = MaxSecondsOpt,
@@ -205,36 +199,28 @@ def fit_occupancy_command(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Fit an occupancy network (BCE on labelled points); the surface is the τ = 0.5 decision boundary."""
-    from recon3d.device import resolve_device
-    from recon3d.fit.occupancy import OccupancyOptions, fit_occupancy
-    from recon3d.io.checkpoint import load_checkpoint
-    from recon3d.io.shape import read_occupancy_input
-
-    out = _checkpoint_path(output, shape.stem)
-    torch_device = resolve_device(device)
-    options = OccupancyOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr,
-                               seed=seed, amp=amp)
-    previous = _resumable(out, load_checkpoint, "occupancy") if resume else None
-    data = read_occupancy_input(shape)
-    if previous is not None and previous["train"].get("input") != ("mesh" if hasattr(data, "faces") else "points"):
-        raise Recon3dError(f"{out}: was fitted to another kind of input; resume needs the same shape")
-    summary = fit_occupancy(data, options, out, torch_device, source=str(shape), resume=previous,
-                            show_progress=not quiet)
-    _finish_fit(summary, out, as_json, f"recon3d fit-occupancy {shape} -o {out} --resume")
+    _fit("fit-occupancy", shape, output, device, resume, as_json, quiet, preset=preset, steps=steps,
+         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp)
 
 
 @app.command("fit-nerf")
 @_command
 def fit_nerf_command(
-    scene: Path = typer.Argument(..., help="Scene folder (transforms_*.json or transforms.json) or a transforms json."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write \\[default: SCENE's name + .pt]."),
-    preset: str = typer.Option("fast", "--preset", help="fast (hash grid + occupancy grid, default) or paper (NeRF 8×256, 64+128 samples)."),
+    scene: Path = typer.Argument(...,
+                                 help="Scene folder (transforms_*.json or transforms.json) or a transforms json."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Checkpoint to write \\[default: SCENE's name + .pt]."),
+    preset: str = typer.Option("fast", "--preset",
+                               help="fast (hash grid + occupancy grid, default) or paper (NeRF 8×256, "
+                                    "64+128 samples)."),
     steps: Optional[int] = StepsOpt,
     max_seconds: Optional[float] = MaxSecondsOpt,
-    batch: Optional[int] = typer.Option(None, "--batch", help="Rays per step \\[default: the preset's; fast adapts it]."),
+    batch: Optional[int] = typer.Option(None, "--batch",
+                                        help="Rays per step \\[default: the preset's; fast adapts it]."),
     lr: Optional[float] = LrOpt,
     downscale: int = typer.Option(1, "--downscale", help="Shrink images by this integer factor at load."),
-    white_background: bool = typer.Option(True, "--white-background/--black-background", help="Background the RGBA images are composited on."),
+    white_background: bool = typer.Option(True, "--white-background/--black-background",
+                                          help="Background the RGBA images are composited on."),
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -244,80 +230,57 @@ def fit_nerf_command(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Fit a radiance field (NeRF) to posed images; render it with `render`, mesh it with `extract-mesh`."""
-    from recon3d.device import resolve_device
-    from recon3d.fit.nerf import NerfOptions, fit_nerf
-    from recon3d.io.checkpoint import load_checkpoint
-    from recon3d.io.scene import read_scene
-
-    out = _checkpoint_path(output, scene.stem if scene.suffix == ".json" else scene.name)
-    torch_device = resolve_device(device)
-    options = NerfOptions(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp)
-    previous = _resumable(out, load_checkpoint, "nerf") if resume else None
     background = (1.0, 1.0, 1.0) if white_background else (0.0, 0.0, 0.0)
-    data = read_scene(scene, "train", downscale=downscale, background=background, keep_alpha=True).to(torch_device)
-    if previous is not None and previous["train"]["images"] != len(data):
-        raise Recon3dError(f"{out}: was fitted to {previous['train']['images']} images, {scene} has {len(data)}; "
-                           "resume needs the same scene")
-    summary = fit_nerf(data, options, out, torch_device, resume=previous, show_progress=not quiet)
-    _finish_fit(summary, out, as_json, f"recon3d fit-nerf {scene} -o {out} --resume")
+    _fit("fit-nerf", scene, output, device, resume, as_json, quiet, preset=preset, steps=steps,
+         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp, downscale=downscale, background=background)
+
+
+def _fit(command: str, path: Path, output: Path | None, device: str, resume: bool, as_json: bool, quiet: bool,
+         **options: Any) -> None:
+    """Every fit-* command: the method the input asks for, its options, the fit, the result line."""
+    from recon3d.device import resolve_device
+    from recon3d.fit.registry import method_for
+    from recon3d.fit.run import fit_file, make_options
+
+    method = method_for(command, path)
+    out = _checkpoint_path(output, method.default_stem(path))
+    torch_device = resolve_device(device)
+    summary = fit_file(method, path, make_options(method, **options), out, torch_device, resume=resume,
+                       show_progress=not quiet)
+    _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
 
 
 @app.command("render")
 @_command
 def render_command(
     model: Path = typer.Argument(..., help="A recon3d radiance-field checkpoint (from fit-nerf)."),
-    scene: Path = typer.Option(..., "--scene", help="The scene folder or transforms json (cameras and reference images)."),
-    split: str = typer.Option("test", "--split", help="Views to render: train, val, test (or all for one-file scenes)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder for the PNGs \\[default: no images, metrics only]."),
+    scene: Path = typer.Option(..., "--scene",
+                               help="The scene folder or transforms json (cameras and reference images)."),
+    split: str = typer.Option("test", "--split",
+                              help="Views to render: train, val, test (or all for one-file scenes)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Folder for the PNGs \\[default: no images, metrics only]."),
     orbit: int = typer.Option(0, "--orbit", help="Instead of the split: N frames circling the scene."),
     gif: bool = typer.Option(False, "--gif", help="With --orbit: write one orbit.gif instead of PNG frames."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Render only the first N views."),
-    downscale: Optional[int] = typer.Option(None, "--downscale", help="Image shrink factor \\[default: the training run's]."),
+    downscale: Optional[int] = typer.Option(None, "--downscale",
+                                            help="Image shrink factor \\[default: the training run's]."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Render held-out views with PSNR and SSIM per view and mean, or an orbit (PNG frames or a GIF)."""
-    from recon3d.console import progress_bar
-    from recon3d.device import resolve_device
-    from recon3d.fit.nerf import load_nerf
-    from recon3d.io.checkpoint import load_checkpoint
-    from recon3d.io.scene import read_scene
-    from recon3d.render.views import render_orbit, render_split
+    from recon3d.render.views import RenderOptions, render_model
 
-    if orbit < 0 or (gif and orbit == 0):
-        raise Recon3dError("--orbit N needs N >= 1 (and --gif needs --orbit)")
-    if orbit and output is None:
-        raise Recon3dError("--orbit needs -o FOLDER for its frames")
-    if limit is not None and limit < 1:
-        raise Recon3dError("--limit must be at least 1")
-    if output is not None:
-        if output.exists() and not output.is_dir():
-            raise Recon3dError(f"{output}: exists and is not a folder")
-        if not output.parent.is_dir():
-            raise Recon3dError(f"{output}: parent folder {output.parent} does not exist")
-    checkpoint = load_checkpoint(model, kinds=("nerf",))
-    train = checkpoint["train"]
-    factor = int(downscale if downscale is not None else train.get("downscale", 1))
-    background = tuple(train.get("background", (1.0, 1.0, 1.0)))
-    torch_device = resolve_device(device)
-    views = read_scene(scene, "train" if orbit else split, downscale=factor, background=background,
-                       max_images=limit).to(torch_device)
-    field, grid, sampling = load_nerf(checkpoint, torch_device)
-    if output is not None:
-        output.mkdir(exist_ok=True)
-    total = orbit or len(views)
-    with progress_bar("render", total, disable=quiet) as advance:
-        if orbit:
-            result = render_orbit(field, grid, sampling, views, orbit, output, gif, advance)
-        else:
-            result = render_split(field, grid, sampling, views, output, advance)
+    options = RenderOptions(split=split, output=output, orbit=orbit, gif=gif, limit=limit, downscale=downscale)
+    result = render_model(model, scene, options, device, show_progress=not quiet)
     if orbit:
-        info(f"{result['frames']} orbit frames; wrote {', '.join(result['files'][:1])}{' ...' if len(result['files']) > 1 else ''}")
+        files = result["files"]
+        info(f"{result['frames']} orbit frames; wrote {', '.join(files[:1])}{' ...' if len(files) > 1 else ''}")
         _emit({"model": str(model), **result}, as_json, str(output))
         return
-    info(f"{split}: {len(views)} views, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} "
+    info(f"{split}: {len(result['views'])} views, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} "
          f"({result['seconds_per_view']:.2f} s per view)")
     summary = {"model": str(model), "scene": str(scene), **result}
     plain = "\n".join(f"{v['view']}  psnr {v['psnr']:.3f}  ssim {v['ssim']:.4f}" for v in result["views"])
@@ -333,15 +296,6 @@ def _checkpoint_path(output: Path | None, stem: str) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise Recon3dError(f"{out}: output folder {folder} is not writable")
     return out
-
-
-def _resumable(path: Path, load: Callable[..., dict], kind: str) -> dict:
-    if not path.exists():
-        raise Recon3dError(f"{path}: nothing to resume (no such checkpoint)")
-    checkpoint = load(path, kinds=(kind,))
-    if "resume" not in checkpoint:
-        raise Recon3dError(f"{path}: is a finished fit ({checkpoint['train']['steps']} steps); nothing to resume")
-    return checkpoint
 
 
 def _finish_fit(summary: dict[str, Any], out: Path, as_json: bool, resume_command: str) -> None:
@@ -360,15 +314,22 @@ def _finish_fit(summary: dict[str, Any], out: Path, as_json: bool, resume_comman
 def extract_mesh_command(
     model: Path = typer.Argument(..., help="A recon3d checkpoint (.pt)."),
     output: Path = typer.Option(..., "-o", "--output", help="Mesh file (.obj .ply .stl .off .glb), or - for stdout."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="Cells along the longest side \\[default: 512 on GPU, 256 on CPU]."),
-    level: Optional[float] = typer.Option(None, "--level", help="Iso-level \\[default: the checkpoint's own]; for occupancy a probability τ in (0, 1)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r",
+                                             help="Cells along the longest side \\[default: 512 on GPU, 256 on CPU]."),
+    level: Optional[float] = typer.Option(None, "--level",
+                                          help="Iso-level \\[default: the checkpoint's own]; for occupancy a "
+                                               "probability τ in (0, 1)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="obj, ply, stl, off or glb (needed with -o -)."),
     method: str = typer.Option("mise", "--method", help="mise (coarse-to-fine, default; also 'sparse') or dense."),
-    refine: int = typer.Option(0, "--refine", help="Newton steps moving vertices onto the level along the gradient (0: off)."),
+    refine: int = typer.Option(0, "--refine",
+                               help="Newton steps moving vertices onto the level along the gradient (0: off)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
-    keep_unsupported: bool = typer.Option(False, "--keep-unsupported", help="Keep closed pieces that no scan point is near (fit-sdf models drop them by default)."),
+    keep_unsupported: bool = typer.Option(False, "--keep-unsupported",
+                                          help="Keep closed pieces that no scan point is near (fit-sdf models drop "
+                                               "them by default)."),
     normals: str = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
-    marching: str = typer.Option("table", "--marching-cubes", help="table (all cells at once, on the device) or lewiner (scikit-image, CPU)."),
+    marching: str = typer.Option("table", "--marching-cubes",
+                                 help="table (all cells at once, on the device) or lewiner (scikit-image, CPU)."),
     chunk: int = typer.Option(2**18, "--chunk", help="Points per field evaluation."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
@@ -378,32 +339,18 @@ def extract_mesh_command(
     """Marching cubes at the checkpoint's level: a closed mesh in the input's units."""
     from recon3d.device import resolve_device
     from recon3d.io.checkpoint import load_checkpoint
-    from recon3d.io.mesh import MESH_EXTENSIONS, write_mesh
+    from recon3d.io.mesh import check_mesh_output, write_mesh
     from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
 
     to_stdout = str(output) == "-"
-    if to_stdout and fmt is None:
-        raise Recon3dError("-o - writes to stdout and needs --format (obj, ply, stl, off or glb)")
-    if not to_stdout and fmt is None and output.suffix.lower() not in MESH_EXTENSIONS:
-        raise Recon3dError(f"{output}: unknown mesh extension '{output.suffix}' (supported: {', '.join(MESH_EXTENSIONS)})")
-    if fmt is not None and fmt.lower().lstrip(".") not in [e.lstrip(".") for e in MESH_EXTENSIONS]:
-        raise Recon3dError(f"--format {fmt}: choose obj, ply, stl, off or glb")
-    if resolution is not None and not 8 <= resolution <= 4096:
-        raise Recon3dError("--resolution must be between 8 and 4096")
-    if method not in ("mise", "sparse", "dense"):
-        raise Recon3dError(f"--method {method}: choose mise or dense")
-    if not 0 <= refine <= 10:
-        raise Recon3dError("--refine must be between 0 and 10")
-    if normals not in ("field", "mesh", "none"):
-        raise Recon3dError(f"--normals {normals}: choose field, mesh or none")
-    if marching not in ("table", "lewiner"):
-        raise Recon3dError(f"--marching-cubes {marching}: choose table or lewiner")
+    check_mesh_output(output, fmt)
+    options = MeshOptions(resolution=resolution, level=level, method={"mise": "sparse"}.get(method, method),
+                          largest_component=largest_component, normals=normals, chunk=chunk, refine=refine,
+                          marching_cubes=marching, keep_unsupported=keep_unsupported)
+    options.validate()
     checkpoint = load_checkpoint(model)
     torch_device = resolve_device(device)
     start = time.perf_counter()
-    options = MeshOptions(resolution=resolution, level=level, method="dense" if method == "dense" else "sparse",
-                          largest_component=largest_component, normals=normals, chunk=chunk, refine=refine,
-                          marching_cubes=marching, keep_unsupported=keep_unsupported)
     mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
     if stats["dropped_unsupported"]:
         pieces = stats["dropped_unsupported"]
@@ -460,7 +407,8 @@ def info_command(
     verbose: bool = VerboseOpt,
 ) -> None:
     """What a checkpoint holds: kind, level, field, units, training record."""
-    from recon3d.io.checkpoint import describe_checkpoint, load_checkpoint
+    from recon3d.fit.describe import describe_checkpoint
+    from recon3d.io.checkpoint import load_checkpoint
 
     described = describe_checkpoint(load_checkpoint(model))
     if as_json:

@@ -39,7 +39,14 @@ def error_line(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr; yields ``advance(done, total)`` to report with."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=stderr, disable=disable or _quiet) as progress:

@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 from recon3d._open3d import import_open3d
 from recon3d.errors import InputError, Recon3dError
 from recon3d.mesh.inside import RayParity
+from recon3d.mesh.weld import weld_vertices
 from recon3d.types import PointCloud, TriMesh
 
 Shape = TriMesh | PointCloud
@@ -81,8 +82,7 @@ def mesh_is_watertight(mesh: TriMesh) -> bool:
     if faces.min() < 0 or faces.max() >= n_vertices:
         return False
     # Vertices split at texture seams are one vertex for the surface: weld by position.
-    _, weld = np.unique(np.asarray(mesh.vertices), axis=0, return_inverse=True)
-    faces = weld.reshape(-1)[faces]
+    faces = weld_vertices(np.asarray(mesh.vertices))[1][faces]
     if _has_repeated_corner(faces):
         return False
     start, end = faces.reshape(-1), np.roll(faces, -1, axis=1).reshape(-1)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from recon3d.errors import InputError
+from recon3d.fit.describe import describe_checkpoint
 from recon3d.fit.sdf import SDFOptions, fit_sdf
-from recon3d.io.checkpoint import (FORMAT, KINDS, REQUIRED_KEYS, VERSION, describe_checkpoint,
-                                   load_checkpoint, save_checkpoint)
+from recon3d.io.checkpoint import FORMAT, KINDS, REQUIRED_KEYS, VERSION, load_checkpoint, save_checkpoint
 from recon3d.synthetic import sample_sphere
 
 CPU = torch.device("cpu")

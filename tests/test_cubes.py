@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from extraction import extract
 from skimage.measure import marching_cubes
 
 from recon3d.mesh import cubes
-from recon3d.mesh.extract import extract_mesh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,8 @@ def edge_uses(faces: np.ndarray) -> Counter:
 def assert_closed_manifold(verts: np.ndarray, faces: np.ndarray) -> None:
     """Every edge borders exactly two faces that traverse it in opposite directions; no degenerate faces."""
     assert len(faces) > 0
-    assert (faces[:, 0] != faces[:, 1]).all() and (faces[:, 1] != faces[:, 2]).all() and (faces[:, 0] != faces[:, 2]).all()
+    assert (faces[:, 0] != faces[:, 1]).all() and (faces[:, 1] != faces[:, 2]).all()
+    assert (faces[:, 0] != faces[:, 2]).all()
     uses = edge_uses(faces)
     assert set(uses.values()) == {2}, f"edges used {sorted(set(uses.values()))} times"
     directed = np.concatenate((faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]))
@@ -92,7 +93,8 @@ def test_noise_fields_give_closed_manifold_meshes_across_blocks(seed: int, block
     values, origins = blocks_of(volume, block if 16 % block == 0 else 8)
     verts, faces = cubes.triangulate(values, origins, [17] * 3)
     assert_closed_manifold(verts, faces)
-    whole_verts, whole_faces = cubes.triangulate(torch.from_numpy(volume)[None], torch.zeros(1, 3, dtype=torch.int64), [17] * 3)
+    origin = torch.zeros(1, 3, dtype=torch.int64)
+    whole_verts, whole_faces = cubes.triangulate(torch.from_numpy(volume)[None], origin, [17] * 3)
     assert len(whole_faces) == len(faces)  # the cut into blocks changes nothing
     assert signed_volume(verts, faces) == pytest.approx(signed_volume(whole_verts, whole_faces), rel=1e-9)
     assert signed_volume(verts, faces) > 0
@@ -144,8 +146,8 @@ def test_extract_mesh_table_and_lewiner_agree_on_a_torus() -> None:
         return ring.norm(dim=1) - 0.2
 
     box = np.array([[-1.0] * 3, [1.0] * 3])
-    table = extract_mesh(torus, box, 64, marching_cubes="table", normals="none").mesh
-    lewiner = extract_mesh(torus, box, 64, marching_cubes="lewiner", normals="none").mesh
+    table = extract(torus, box, 64, marching_cubes="table", normals="none").mesh
+    lewiner = extract(torus, box, 64, marching_cubes="lewiner", normals="none").mesh
     assert_closed_manifold(table.vertices, table.faces)
     exact = 2 * np.pi**2 * 0.55 * 0.2**2
     assert signed_volume(table.vertices, table.faces) == pytest.approx(exact, rel=0.01)
@@ -165,7 +167,7 @@ def test_near_level_lattice_values_survive_a_float32_file(tmp_path) -> None:
         d = (p - torch.tensor([0.013, -0.021, 0.007])).norm(dim=1) - 0.61
         return torch.where(d.abs() < cell / 2, torch.sign(d) * 1e-9, d)
 
-    mesh = extract_mesh(nearly_flat, np.array([[-1.0] * 3, [1.0] * 3]), 48, normals="none").mesh
+    mesh = extract(nearly_flat, np.array([[-1.0] * 3, [1.0] * 3]), 48, normals="none").mesh
     assert_closed_manifold(mesh.vertices, mesh.faces)
     write_mesh(tmp_path / "m.ply", mesh)
     back = read_mesh(tmp_path / "m.ply")

@@ -7,11 +7,12 @@ from functools import lru_cache
 import numpy as np
 import pytest
 import torch
+from extraction import extract
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
 from recon3d.errors import Recon3dError
-from recon3d.mesh.extract import ExtractResult, extract_mesh
+from recon3d.mesh.extract import ExtractResult
 
 BOX = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 SMALL, LARGE = (torch.tensor([0.55, 0.0, 0.0]), 0.25), (torch.tensor([-0.4, 0.0, 0.0]), 0.45)
@@ -49,7 +50,7 @@ FIELDS = {"sphere": sphere, "torus": torus, "two_spheres": two_spheres, "box": b
 
 @lru_cache(maxsize=None)
 def extracted(name: str, resolution: int, method: str, normals: str = "none") -> ExtractResult:
-    return extract_mesh(FIELDS[name], BOX, resolution, method=method, normals=normals)
+    return extract(FIELDS[name], BOX, resolution, method=method, normals=normals)
 
 
 def directed_edges(faces: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ def test_sparse_matches_dense(name: str, resolution: int) -> None:
 def test_blocks_match_one_marching_cubes_call() -> None:
     """Block-wise marching cubes plus welding reproduces one skimage call on the whole volume."""
     centre = torch.tensor([0.01, 0.02, 0.03])
-    result = extract_mesh(lambda p: sphere(p, centre), BOX, 48, method="dense", normals="none")
+    result = extract(lambda p: sphere(p, centre), BOX, 48, method="dense", normals="none")
     axis = np.linspace(-1.0, 1.0, 49)
     points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
     volume = (np.linalg.norm(points - centre.numpy(), axis=-1) - 0.5).astype(np.float32)
@@ -139,7 +140,7 @@ def test_box_on_grid_values_give_no_degenerate_faces() -> None:
 @pytest.mark.parametrize("method", ["sparse", "dense"])
 def test_surface_leaving_the_box_is_capped(method: str) -> None:
     bounds = np.array([[-0.3, -1.0, -1.0], [1.0, 1.0, 0.2]])
-    result = extract_mesh(sphere, bounds, 64, method=method, normals="mesh")
+    result = extract(sphere, bounds, 64, method=method, normals="mesh")
     mesh = result.mesh
     assert_watertight(mesh.faces)
     assert signed_volume(mesh.vertices, mesh.faces) > 0
@@ -152,12 +153,12 @@ def test_surface_leaving_the_box_is_capped(method: str) -> None:
 
 def test_capped_sparse_matches_dense() -> None:
     bounds = np.array([[-0.3, -1.0, -1.0], [1.0, 1.0, 0.2]])
-    sparse, dense = (extract_mesh(sphere, bounds, 80, method=m, normals="none") for m in ("sparse", "dense"))
+    sparse, dense = (extract(sphere, bounds, 80, method=m, normals="none") for m in ("sparse", "dense"))
     assert_same_mesh(sparse, dense)
 
 
 def test_inside_above_matches_mirrored_sdf() -> None:
-    mirrored = extract_mesh(lambda p: -sphere(p), BOX, 64, inside="above", normals="none")
+    mirrored = extract(lambda p: -sphere(p), BOX, 64, inside="above", normals="none")
     assert_same_mesh(mirrored, extracted("sphere", 64, "sparse"))
 
 
@@ -165,7 +166,7 @@ def test_occupancy_probability_field() -> None:
     def occupancy(p: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(-sphere(p) / 0.05)
 
-    result = extract_mesh(occupancy, BOX, 64, level=0.5, inside="above", normals="field")
+    result = extract(occupancy, BOX, 64, level=0.5, inside="above", normals="field")
     mesh = result.mesh
     assert_watertight(mesh.faces)
     assert signed_volume(mesh.vertices, mesh.faces) > 0
@@ -181,7 +182,7 @@ def test_field_normals_match_analytic(differentiable: bool) -> None:
             return sphere(p)
 
     field = sphere if differentiable else frozen
-    mesh = extract_mesh(field, BOX, 64, normals="field").mesh
+    mesh = extract(field, BOX, 64, normals="field").mesh
     radial = mesh.vertices / np.linalg.norm(mesh.vertices, axis=1, keepdims=True)
     cosine = np.einsum("ij,ij->i", mesh.vertex_normals, radial)
     assert mesh.vertex_normals.dtype == np.float32
@@ -197,7 +198,7 @@ def test_mesh_normals_point_outward() -> None:
 
 def test_largest_component_keeps_the_larger_sphere() -> None:
     both = extracted("two_spheres", 64, "sparse").mesh
-    result = extract_mesh(two_spheres, BOX, 64, largest_component=True, normals="none")
+    result = extract(two_spheres, BOX, 64, largest_component=True, normals="none")
     mesh = result.mesh
     assert_watertight(mesh.faces)
     assert mesh.n_faces < both.n_faces
@@ -213,7 +214,7 @@ def test_sparse_needs_far_fewer_queries() -> None:
 
 
 def test_lipschitz_culling_is_exact() -> None:
-    result = extract_mesh(torus, BOX, 80, lipschitz=1.0, normals="none")
+    result = extract(torus, BOX, 80, lipschitz=1.0, normals="none")
     assert_same_mesh(result, extracted("torus", 80, "dense"))
 
 
@@ -225,18 +226,18 @@ def test_isolated_speck_needs_lipschitz() -> None:
     def field(p: torch.Tensor) -> torch.Tensor:
         return torch.minimum(sphere(p, torch.tensor([-0.5, 0.0, 0.0]), 0.3), sphere(p, *speck))
 
-    plain, exact = (extract_mesh(field, BOX, 80, normals="none", lipschitz=lip) for lip in (None, 1.0))
+    plain, exact = (extract(field, BOX, 80, normals="none", lipschitz=lip) for lip in (None, 1.0))
     assert (plain.mesh.vertices[:, 0] > 0).sum() == 0
     assert (exact.mesh.vertices[:, 0] > 0).sum() > 0
-    assert_same_mesh(exact, extract_mesh(field, BOX, 80, method="dense", normals="none"))
+    assert_same_mesh(exact, extract(field, BOX, 80, method="dense", normals="none"))
 
 
 def test_constant_fields() -> None:
     for method in ("sparse", "dense"):
-        empty = extract_mesh(lambda p: torch.ones(len(p)), BOX, 32, method=method)
+        empty = extract(lambda p: torch.ones(len(p)), BOX, 32, method=method)
         assert empty.mesh.n_faces == 0 and empty.mesh.n_vertices == 0
         assert empty.mesh.vertices.shape == (0, 3) and empty.mesh.faces.shape == (0, 3)
-        full = extract_mesh(lambda p: -torch.ones(len(p)), BOX, 32, method=method, normals="mesh")
+        full = extract(lambda p: -torch.ones(len(p)), BOX, 32, method=method, normals="mesh")
         assert_watertight(full.mesh.faces)  # everything inside: the padding closes it as the box
         assert signed_volume(full.mesh.vertices, full.mesh.faces) >= 8.0
 
@@ -249,7 +250,7 @@ def test_chunk_limit_progress_and_timings() -> None:
         sizes.append(len(p))
         return sphere(p)
 
-    result = extract_mesh(counted, BOX, 64, chunk=5000, progress=lambda stage, _: stages.add(stage))
+    result = extract(counted, BOX, 64, chunk=5000, progress=lambda stage, _: stages.add(stage))
     assert max(sizes) <= 5000
     assert sum(sizes) == result.queries
     assert {"evaluate", "marching_cubes", "normals"} <= stages
@@ -258,7 +259,7 @@ def test_chunk_limit_progress_and_timings() -> None:
 
 def test_non_cubic_bounds_keep_cubic_cells() -> None:
     bounds = np.array([[-1.0, -0.5, -0.25], [1.0, 0.5, 0.25]])
-    result = extract_mesh(lambda p: sphere(p, radius=0.2), bounds, 64, normals="none")
+    result = extract(lambda p: sphere(p, radius=0.2), bounds, 64, normals="none")
     assert result.resolution == (64, 32, 16)
     assert_watertight(result.mesh.faces)
 
@@ -269,9 +270,9 @@ def test_non_cubic_bounds_keep_cubic_cells() -> None:
 )
 def test_bad_options_raise(options: dict) -> None:
     with pytest.raises(Recon3dError):
-        extract_mesh(sphere, BOX, **{"resolution": 16, **options})
+        extract(sphere, BOX, **{"resolution": 16, **options})
 
 
 def test_bad_bounds_raise() -> None:
     with pytest.raises(Recon3dError):
-        extract_mesh(sphere, np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]), 16)
+        extract(sphere, np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]), 16)

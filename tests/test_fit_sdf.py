@@ -25,16 +25,16 @@ from scipy.spatial import cKDTree
 from typer.testing import CliRunner
 
 from recon3d.cli import app
-from recon3d.fit.normalize import to_field
-from recon3d.fit import normals as normals_module
-from recon3d.fit.normals import neighbourhood, orient_normals
 from recon3d.fields import build_field
-from recon3d.fit import sdf as sdf_module
+from recon3d.fit import run as run_module
 from recon3d.fit.sdf import ANNEAL_START_LEVELS, PRESETS, SDFOptions, active_levels, fit_sdf, make_step, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.pointcloud import read_point_cloud, write_point_cloud
 from recon3d.mesh.from_field import MeshOptions, load_field, mesh_from_checkpoint
 from recon3d.metrics import evaluate, mesh_is_watertight, mesh_volume, sample_surface
+from recon3d.points import normals as normals_module
+from recon3d.points.normalize import to_field
+from recon3d.points.normals import neighbourhood, orient_normals
 from recon3d.synthetic import sample_sphere, sample_torus, simulated_scan, sphere_sdf, torus_sdf
 from recon3d.types import PointCloud, TriMesh
 
@@ -222,14 +222,16 @@ def test_torus_hole_is_outside(torus_fit):
     with torch.no_grad():
         values = field(torch.as_tensor(to_field(axis, checkpoint["to_world"]), dtype=torch.float32)).numpy()
     world = values * checkpoint["to_world"]["scale"]
-    assert (world > 0).all(), f"field on the axis {np.round(world, 3).tolist()}, exact {np.round(torus_sdf(axis), 3).tolist()}"
+    exact = np.round(torus_sdf(axis), 3).tolist()
+    assert (world > 0).all(), f"field on the axis {np.round(world, 3).tolist()}, exact {exact}"
 
 
 def test_torus_chamfer_within_bound(torus_mesh, torus_exact):
     value = chamfer(torus_mesh, torus_exact)
     exact = exact_accuracy(torus_mesh, lambda p: torus_sdf(p, MAJOR, MINOR), diagonal(torus_exact))
     volume = mesh_volume(torus_mesh)
-    detail = f"Chamfer-L1 {value:.5f} (bound {TORUS_CHAMFER_BOUND}), exact {exact:.5f}, volume {volume:.3f} vs {TORUS_VOLUME:.3f}"
+    detail = (f"Chamfer-L1 {value:.5f} (bound {TORUS_CHAMFER_BOUND}), exact {exact:.5f}, "
+              f"volume {volume:.3f} vs {TORUS_VOLUME:.3f}")
     assert value < TORUS_CHAMFER_BOUND, detail
     assert exact < TORUS_EXACT_BOUND, detail
 
@@ -334,13 +336,13 @@ def test_a_budget_that_stops_the_schedule_early_still_saves_all_levels(work, mon
     """fit_sdf leaves every level active after training, whatever step the schedule reached."""
     monkeypatch.setitem(PRESETS["fast"], "anneal", 1.0)
     seen = {}
-    original = sdf_module.build_checkpoint
+    original = run_module.build_checkpoint
 
-    def spy(field, *args, **kwargs):
-        seen["mask"] = field.encoding.level_mask.clone()
-        return original(field, *args, **kwargs)
+    def spy(method, run):
+        seen["mask"] = run.field.encoding.level_mask.clone()
+        return original(method, run)
 
-    monkeypatch.setattr(sdf_module, "build_checkpoint", spy)
+    monkeypatch.setattr(run_module, "build_checkpoint", spy)
     fit(sample_sphere(400, seed=1), work / "anneal.pt", steps=3, batch=64, seed=0)
     assert seen["mask"].sum() == seen["mask"].numel()
 

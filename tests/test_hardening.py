@@ -20,12 +20,10 @@ import torch
 from typer.testing import CliRunner
 
 from recon3d.cli import app
-from recon3d.errors import InputError, Recon3dError
+from recon3d.errors import Recon3dError
 from recon3d.io.checkpoint import load_checkpoint
-from recon3d.io.mesh import write_mesh
 from recon3d.io.pointcloud import write_point_cloud
 from recon3d.synthetic import sample_sphere, write_spheres_scene
-from recon3d.types import PointCloud, TriMesh
 
 CPU_FIT = ["--steps", "2", "--batch", "64", "--device", "cpu", "--quiet"]
 
@@ -209,7 +207,8 @@ CASES = {
     "scene of mixed image sizes": (["fit-nerf", "{scene_sizes}"], "scene_sizes", "12x8"),
     "scene with a scaled rotation": (["fit-nerf", "{scene_scaled}"], "scene_scaled", "orthonormal"),
     "scene with a singular pose": (["fit-nerf", "{scene_singular}"], "scene_singular", "orthonormal"),
-    "scene with an unreadable image": (["fit-nerf", "{scene_corrupt_image}"], "scene_corrupt_image", "cannot read image"),
+    "scene with an unreadable image": (["fit-nerf", "{scene_corrupt_image}"], "scene_corrupt_image",
+                                       "cannot read image"),
     "render an sdf checkpoint": (["render", "{sdf}", "--scene", "{scene}"], "sdf", "nerf"),
     "render a newer checkpoint": (["render", "{newer}", "--scene", "{scene}"], "newer", "99"),
     "extract from a newer checkpoint": (["extract-mesh", "{newer}"], "newer", "99"),
@@ -298,7 +297,8 @@ def test_read_only_output_folder(command, work, scan, sdf_model):
     _read_only(folder)
     try:
         out = folder / ("model.pt" if command == "fit-sdf" else "mesh.obj")
-        args = [scan, "-o", out, *CPU_FIT] if command == "fit-sdf" else [sdf_model, "-o", out, "-r", 16, "--device", "cpu"]
+        extract = [sdf_model, "-o", out, "-r", 16, "--device", "cpu"]
+        args = [scan, "-o", out, *CPU_FIT] if command == "fit-sdf" else extract
         assert_clean_error(run(command, *args), out)
         assert list(folder.iterdir()) == []
     finally:
@@ -522,13 +522,13 @@ def _sphere(points: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["dense", "sparse"])
 def test_extraction_retries_with_smaller_chunks_on_oom(method):
-    from recon3d.mesh.extract import extract_mesh
+    from extraction import extract
 
     bounds = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
     kwargs = dict(bounds=bounds, resolution=32, method=method, normals="field", chunk=2**16)
-    expected = extract_mesh(_sphere, **kwargs)
+    expected = extract(_sphere, **kwargs)
     failing = _FailsAbove(_sphere, 3000)
-    got = extract_mesh(failing, **kwargs)
+    got = extract(failing, **kwargs)
     assert failing.failures > 0 and max(failing.sizes) <= 3000
     np.testing.assert_array_equal(got.mesh.faces, expected.mesh.faces)
     np.testing.assert_allclose(got.mesh.vertices, expected.mesh.vertices, rtol=0, atol=1e-6)
@@ -538,7 +538,7 @@ def test_extraction_retries_with_smaller_chunks_on_oom(method):
 
 def test_refine_and_field_normals_retry_with_smaller_chunks_on_oom():
     """Out of memory only in the gradient passes (Newton refinement, field normals): they halve too."""
-    from recon3d.mesh.extract import extract_mesh
+    from extraction import extract
 
     def gradient_hungry(points: torch.Tensor) -> torch.Tensor:
         if points.requires_grad and len(points) > 1500:
@@ -548,8 +548,8 @@ def test_refine_and_field_normals_retry_with_smaller_chunks_on_oom():
 
     gradient_hungry.failures = 0
     kwargs = dict(bounds=np.array([[-1.0] * 3, [1.0] * 3]), resolution=32, normals="field", refine=2, chunk=2**16)
-    expected = extract_mesh(_sphere, **kwargs)
-    got = extract_mesh(gradient_hungry, **kwargs)
+    expected = extract(_sphere, **kwargs)
+    got = extract(gradient_hungry, **kwargs)
     assert gradient_hungry.failures > 0
     np.testing.assert_array_equal(got.mesh.faces, expected.mesh.faces)
     np.testing.assert_allclose(got.mesh.vertices, expected.mesh.vertices, rtol=0, atol=1e-6)
@@ -573,13 +573,14 @@ def test_sampler_chunk_halves_to_the_floor_then_raises():
 
 
 def test_render_image_retries_with_smaller_chunks_on_oom(work, tiny_nerf, monkeypatch):
-    from recon3d.fit.nerf import load_nerf
     from recon3d.io.scene import read_scene
     from recon3d.render import renderer
+    from recon3d.render.model import load_renderer
 
     big = write_spheres_scene(work / "big_scene", n_train=1, n_val=0, size=48)  # 2304 rays
     views = read_scene(big, "train")
-    field, grid, sampling = load_nerf(load_checkpoint(tiny_nerf), torch.device("cpu"))
+    model = load_renderer(load_checkpoint(tiny_nerf), torch.device("cpu"))
+    field, grid, sampling = model.field, model.grid, model.sampling
     expected = renderer.render_image(field, views, 0, sampling, grid)
     failing = _FailsAbove(renderer.render_rays, 1500, arg=1)
     monkeypatch.setattr(renderer, "render_rays", failing)
@@ -619,15 +620,15 @@ def test_vertex_colors_retry_with_smaller_chunks_on_oom(tiny_nerf):
     field = load_field(checkpoint, torch.device("cpu"))
     lo, hi = np.asarray(checkpoint["bounds"])
     vertices = lo + np.random.default_rng(0).random((5000, 3)) * (hi - lo)
-    expected = vertex_colors(field, vertices, torch.device("cpu"), chunk=2**16)  # 4096 vertices per call
+    expected = vertex_colors(field.surface(), vertices, torch.device("cpu"), chunk=2**16)  # 4096 vertices per call
     failing = field.color = _FailsAbove(field.color, 1500)
-    got = vertex_colors(field, vertices, torch.device("cpu"), chunk=2**16)
+    got = vertex_colors(field.surface(), vertices, torch.device("cpu"), chunk=2**16)
     assert failing.failures == 2 and set(failing.sizes) == {1024, 904}  # 4096 -> 2048 -> 1024; 5000 = 4 x 1024 + 904
     # the same colours; a batch-size-dependent rounding of the last float bit may move one uint8 step
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     hopeless = field.color = _FailsAbove(failing.fn, 10)
     with pytest.raises(OOM):
-        vertex_colors(field, vertices, torch.device("cpu"), chunk=2**16)
+        vertex_colors(field.surface(), vertices, torch.device("cpu"), chunk=2**16)
     # 4096 ... 64 vertices: the floor is MIN_CHUNK field points, 16 per vertex (14 view directions)
     assert hopeless.failures == 7 and MIN_CHUNK // 16 == 64
 

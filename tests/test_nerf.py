@@ -18,11 +18,13 @@ import torch
 from typer.testing import CliRunner
 
 from recon3d.cli import app
+from recon3d.fields.encodings import HASHGRID
 from recon3d.fit import nerf
-from recon3d.fit.nerf import NerfOptions, fit_nerf, load_nerf
+from recon3d.fit.nerf import NerfOptions, fit_nerf
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.scene import read_scene
 from recon3d.metrics import mesh_is_watertight
+from recon3d.render.model import load_renderer
 from recon3d.render.views import render_split
 from recon3d.synthetic import write_spheres_scene
 
@@ -37,14 +39,14 @@ def small_cpu_defaults() -> Iterator[None]:
     """A smaller hash grid and occupancy grid than the CPU preset's, so the suite stays fast."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    saved_hash, saved_grid = dict(nerf._CPU_HASHGRID), dict(nerf.GRID["cpu"])
+    saved_hash, saved_grid = dict(HASHGRID["cpu"]), dict(nerf.GRID["cpu"])
     saved_budget = dict(nerf.PRESETS["fast"]["budget"]["cpu"])
-    nerf._CPU_HASHGRID.update({"n_levels": 8, "log2_table_size": 14, "max_resolution": 128})
+    HASHGRID["cpu"].update({"n_levels": 8, "log2_table_size": 14, "max_resolution": 128})
     nerf.GRID["cpu"].update({"resolution": 32, "steps_per_diagonal": 128})
     nerf.PRESETS["fast"]["budget"]["cpu"].update({"batch": 512, "target_samples": 1 << 13})
     yield
-    nerf._CPU_HASHGRID.clear()
-    nerf._CPU_HASHGRID.update(saved_hash)
+    HASHGRID["cpu"].clear()
+    HASHGRID["cpu"].update(saved_hash)
     nerf.GRID["cpu"].update(saved_grid)
     nerf.PRESETS["fast"]["budget"]["cpu"].update(saved_budget)
     torch.set_num_threads(threads)
@@ -69,8 +71,8 @@ def fitted(scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def val_psnr(checkpoint_path: Path, scene_dir: Path) -> float:
-    field, grid, sampling = load_nerf(load_checkpoint(checkpoint_path), CPU)
-    return render_split(field, grid, sampling, read_scene(scene_dir, "val"), None)["psnr"]
+    renderer = load_renderer(load_checkpoint(checkpoint_path), CPU)
+    return render_split(renderer, read_scene(scene_dir, "val"), None)["psnr"]
 
 
 def test_psnr_rises_well_above_the_untrained_field(fitted: Path, scene_dir: Path, tmp_path: Path) -> None:
@@ -129,7 +131,8 @@ def test_paper_preset_trains_with_hierarchical_sampling(scene_dir: Path, tmp_pat
     checkpoint = load_checkpoint(out)
     assert checkpoint["train"]["config"]["sampling"]["kind"] == "hierarchical"
     assert "grid" not in checkpoint and np.isfinite(summary["loss"])
-    field, grid, sampling = load_nerf(checkpoint, CPU)
+    renderer = load_renderer(checkpoint, CPU)
+    grid, sampling = renderer.grid, renderer.sampling
     assert grid is None and sampling.coarse == 64 and sampling.fine == 128
 
 

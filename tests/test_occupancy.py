@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from extraction import extract
 from typer.testing import CliRunner
 
 from recon3d.cli import app
@@ -21,8 +22,7 @@ from recon3d.fit import occupancy as occ
 from recon3d.fit.occupancy import OccupancyOptions, clean_mesh, fit_occupancy
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.labelled import read_labelled_points, write_labelled_points
-from recon3d.io.mesh import read_mesh, write_mesh
-from recon3d.mesh.extract import extract_mesh
+from recon3d.io.mesh import write_mesh
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
 from recon3d.mesh.inside import RayParity, WindingNumber
 from recon3d.metrics import mesh_is_watertight, mesh_volume, volume_iou
@@ -283,8 +283,8 @@ def two_blobs_logits(p: torch.Tensor) -> torch.Tensor:
 
 def test_mise_matches_dense_with_far_fewer_queries() -> None:
     bounds = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
-    mise = extract_mesh(two_blobs_logits, bounds, 128, level=0.0, inside="above", method="sparse", normals="none")
-    dense = extract_mesh(two_blobs_logits, bounds, 128, level=0.0, inside="above", method="dense", normals="none")
+    mise = extract(two_blobs_logits, bounds, 128, level=0.0, inside="above", method="sparse", normals="none")
+    dense = extract(two_blobs_logits, bounds, 128, level=0.0, inside="above", method="dense", normals="none")
     assert np.array_equal(mise.mesh.faces.shape, dense.mesh.faces.shape)
     assert np.allclose(np.sort(mise.mesh.vertices, axis=0), np.sort(dense.mesh.vertices, axis=0), atol=1e-9)
     assert dense.queries >= 10 * mise.queries
@@ -297,8 +297,8 @@ def test_refinement_moves_vertices_onto_the_boundary() -> None:
         return 8.0 * torch.tanh((0.5 - p.norm(dim=-1)) / 0.01)
 
     bounds = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
-    plain = extract_mesh(logits, bounds, 48, inside="above", normals="none")
-    refined = extract_mesh(logits, bounds, 48, inside="above", normals="none", refine=3)
+    plain = extract(logits, bounds, 48, inside="above", normals="none")
+    refined = extract(logits, bounds, 48, inside="above", normals="none", refine=3)
     error = lambda mesh: np.abs(np.linalg.norm(mesh.vertices, axis=1) - 0.5).mean()  # noqa: E731
     assert error(refined.mesh) < 0.3 * error(plain.mesh)
     assert np.array_equal(refined.mesh.faces, plain.mesh.faces)

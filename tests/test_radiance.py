@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.fields import build_field
-from recon3d.fields.implicit import gradient
 from recon3d.fields.encodings import HashGridEncoding, SphericalHarmonicsEncoding, build_encoding
+from recon3d.fields.implicit import gradient
 from recon3d.fields.radiance import DEFAULT_DENSITY_LEVEL, RadianceField, radiance_preset, trunc_exp
 
 BOX = [[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]

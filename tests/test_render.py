@@ -15,7 +15,7 @@ from recon3d.render.compositing import (
     render_weights,
     render_weights_packed,
 )
-from recon3d.render.rays import RaySampler, Rays, camera_rays, distort, ray_aabb, undistort
+from recon3d.render.rays import Rays, RaySampler, camera_rays, distort, ray_aabb, undistort
 from recon3d.render.samplers import (
     OccupancyGrid,
     importance_samples,

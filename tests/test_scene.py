@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from recon3d.errors import InputError, Recon3dError
 from recon3d.io.scene import read_scene, write_blender_scene

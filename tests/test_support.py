@@ -11,27 +11,36 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from test_cli import make_runner
 
 from recon3d.cli import app
 from recon3d.errors import Recon3dError
 from recon3d.fit import sdf as sdf_fit
-from recon3d.fit.denoise import noise_ratio, project_to_planes, project_to_quadrics, smooth_until_quiet
-from recon3d.fit.normals import neighbourhood, orient_normals, sign_disagreement
-from recon3d.fit.outliers import isolated_points
-from recon3d.fit.sdf import SDFOptions, distance_grid, fit_sdf, prepare_scan
+from recon3d.fit.run import run_config
+from recon3d.fit.sdf import SdfFromPoints, SDFOptions, fit_sdf, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint, save_checkpoint
 from recon3d.io.mesh import read_mesh
 from recon3d.io.pointcloud import write_point_cloud
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
-from recon3d.mesh.support import component_labels, scan_support, supported_faces
+from recon3d.mesh.support import component_labels, supported_faces
 from recon3d.metrics import mesh_is_watertight
+from recon3d.points.denoise import (
+    NOISE_THRESHOLD,
+    noise_ratio,
+    project_to_planes,
+    project_to_quadrics,
+    smooth_until_quiet,
+)
+from recon3d.points.distance import DISTANCE_GRID, distance_grid
+from recon3d.points.normals import neighbourhood, orient_normals, sign_disagreement
+from recon3d.points.outliers import isolated_points
+from recon3d.points.support import scan_support
 from recon3d.synthetic import sample_sphere
 from recon3d.types import PointCloud
-from test_cli import make_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
-G = sdf_fit.DISTANCE_GRID
+G = DISTANCE_GRID
 
 
 def _lattice_index(point: np.ndarray) -> tuple[int, int, int]:
@@ -133,7 +142,8 @@ def test_sign_disagreement_tells_soups_from_oriented_normals():
     points, normals = _slab()
     _, _, neighbours = neighbourhood(points)
     assert sign_disagreement(points, normals, neighbours) < 0.01
-    coin = np.where(np.random.default_rng(99).random(len(points)) < 0.5, -1.0, 1.0).astype(np.float32)  # not the sampling seed
+    # a seed other than the sampling seed
+    coin = np.where(np.random.default_rng(99).random(len(points)) < 0.5, -1.0, 1.0).astype(np.float32)
     assert sign_disagreement(points, normals * coin[:, None], neighbours) > 0.4
     assert sign_disagreement(points, normals, neighbours, sample=2000) < 0.01  # large scans: a subset
     assert sign_disagreement(points, normals * coin[:, None], neighbours, sample=2000) > 0.4
@@ -172,7 +182,7 @@ def test_noise_ratio_separates_clean_from_noisy():
     spacing = np.sqrt(4.0 / 20_000)  # mean spacing of 20k points on a 2×2 square
     assert noise_ratio(_plane(20_000, 0.0)) < 0.01
     assert noise_ratio(sample_sphere(20_000, seed=0).points) < 0.05  # curvature alone
-    assert noise_ratio(_plane(20_000, 0.5 * spacing)) > sdf_fit.NOISE_THRESHOLD
+    assert noise_ratio(_plane(20_000, 0.5 * spacing)) > NOISE_THRESHOLD
 
 
 def test_projection_removes_most_of_the_noise():
@@ -222,7 +232,7 @@ def test_smoothing_passes_may_reuse_the_first_neighbour_ids(monkeypatch):
     very_noisy = sphere + np.random.default_rng(1).normal(scale=0.05, size=sphere.shape)
     passes = ("plane", "quadric", "quadric")
     reused, ratios = smooth_until_quiet(very_noisy, 64, passes, 0.1)
-    monkeypatch.setattr("recon3d.fit.denoise.REUSE_NEIGHBOUR_IDS", 0)
+    monkeypatch.setattr("recon3d.points.denoise.REUSE_NEIGHBOUR_IDS", 0)
     queried, ratios_queried = smooth_until_quiet(very_noisy, 64, passes, 0.1)
     assert len(ratios) == len(ratios_queried) == 2
     assert np.sqrt(np.mean(np.sum((reused - queried) ** 2, axis=1))) < 0.05 / 5
@@ -254,7 +264,7 @@ def test_clean_scans_anneal_further_than_noisy_ones(tmp_path):
     assert ratios["clean"][0] < sdf_fit.CLEAN_NOISE <= ratios["noisy"][0], ratios
     assert ratios["clean"][1] == sdf_fit.CLEAN_LR_FINAL and ratios["noisy"][1] == 0.05
     resumed = load_checkpoint(tmp_path / "clean.pt")
-    settings = sdf_fit.run_config(SDFOptions(steps=8), CPU, {**resumed, "resume": {}}, sdf_fit.resolve_preset)["settings"]
+    settings = run_config(SdfFromPoints(), SDFOptions(steps=8), None, CPU, {**resumed, "resume": {}})["settings"]
     assert settings.lr_final_ratio == sdf_fit.CLEAN_LR_FINAL and settings.steps == 8
 
 
@@ -340,7 +350,8 @@ def test_extraction_drops_a_piece_the_scan_does_not_support(two_sphere_fit, tmp_
     """Remove the small sphere's points from the support: its surface now has no scan points near it."""
     _, checkpoint = two_sphere_fit
     support = checkpoint["support"]
-    world = support["points"].float().numpy() * checkpoint["to_world"]["scale"] + np.asarray(checkpoint["to_world"]["translation"])
+    to_world = checkpoint["to_world"]
+    world = support["points"].float().numpy() * to_world["scale"] + np.asarray(to_world["translation"])
     mask = torch.from_numpy(world[:, 0] < 1.5)
     edited = {**checkpoint, "support": {k: v[mask] for k, v in support.items()}}
     _, before = mesh_from_checkpoint(checkpoint, MeshOptions(resolution=64), CPU)
@@ -355,7 +366,8 @@ def test_extraction_drops_a_piece_the_scan_does_not_support(two_sphere_fit, tmp_
     path = tmp_path / "edited.pt"
     save_checkpoint(path, edited)
     runner = make_runner()
-    result = runner.invoke(app, ["extract-mesh", str(path), "-o", str(tmp_path / "a.ply"), "-r", "64", "--device", "cpu"])
+    out = str(tmp_path / "a.ply")
+    result = runner.invoke(app, ["extract-mesh", str(path), "-o", out, "-r", "64", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "dropped" in result.stderr and "closed piece" in result.stderr
     assert read_mesh(tmp_path / "a.ply").vertices[:, 0].max() < 1.2

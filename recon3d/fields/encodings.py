@@ -12,6 +12,7 @@ Each encoding maps (N, in_dim) points in the normalised cube [-1, 1]^3 to (N, ou
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -63,6 +64,22 @@ class FourierFeatures(nn.Module):
         if self.include_input:
             parts.insert(0, x)
         return torch.cat(parts, dim=-1)
+
+
+#: The project's default multiresolution hash grid per device, for every field that uses one: 16
+#: levels up to 2048 cells and 2¹⁹ entries per level on a GPU (instant-ngp's); 12 levels up to 1024
+#: and 2¹⁷ entries on a CPU, where every level costs time.
+HASHGRID = {
+    "cuda": {"type": "hashgrid", "n_levels": 16, "n_features": 2, "log2_table_size": 19,
+             "base_resolution": 16, "max_resolution": 2048},
+    "cpu": {"type": "hashgrid", "n_levels": 12, "n_features": 2, "log2_table_size": 17,
+            "base_resolution": 16, "max_resolution": 1024},
+}
+
+
+def hashgrid_config(device_type: str) -> dict:
+    """A copy of the default hash grid for a device type (``cuda``, else the CPU's)."""
+    return copy.deepcopy(HASHGRID["cuda" if device_type == "cuda" else "cpu"])
 
 
 _PRIMES = (1, 2654435761, 805459861)

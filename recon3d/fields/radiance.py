@@ -47,8 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recon3d.fields.encodings import build_encoding
+from recon3d.fields.encodings import HASHGRID, build_encoding
 from recon3d.fields.mlp import MLP
+from recon3d.fields.surface import Surface
 
 #: Suggested mesh level for ``kind = "nerf"`` checkpoints: σ per world unit (see module docstring).
 DEFAULT_DENSITY_LEVEL = 10.0
@@ -102,8 +103,7 @@ def radiance_preset(name: str, aabb: tuple | list | None = None) -> dict:
     if name == "fast":
         return {
             "architecture": "fast", **common,
-            "position_encoding": {"type": "hashgrid", "n_levels": 16, "n_features": 2, "log2_table_size": 19,
-                                  "base_resolution": 16, "max_resolution": 2048},
+            "position_encoding": copy.deepcopy(HASHGRID["cuda"]),
             "direction_encoding": {"type": "sh", "degree": 4},
             "density_mlp": {"hidden": 64, "n_layers": 1},
             "geo_features": 16,
@@ -148,6 +148,9 @@ class _FastTrunk(nn.Module):
 class RadianceField(nn.Module):
     """σ(x) ≥ 0 from position only and rgb(x, d) ∈ [0, 1]³; x in world units inside ``aabb``."""
 
+    #: ``forward(x, d)`` gives (σ, rgb): the renderers can draw it.
+    renders = True
+
     def __init__(self, architecture: str, aabb: list, position_encoding: dict, direction_encoding: dict,
                  density_mlp: dict, geo_features: int, color_mlp: dict, density_activation: str = "trunc_exp",
                  density_bias: float = 0.0, level: float = DEFAULT_DENSITY_LEVEL, inside: str = "above") -> None:
@@ -184,6 +187,18 @@ class RadianceField(nn.Module):
         self.color_mlp = MLP(in_dim=int(geo_features) + self.direction_encoding.out_dim, out_dim=3,
                              hidden=int(color_mlp["hidden"]), n_layers=int(color_mlp["n_layers"]), activation="relu")
 
+    @staticmethod
+    def summary(config: dict) -> dict[str, str | None]:
+        """The position encoding and the MLPs in a few words, for ``info``."""
+        encoding = (config.get("position_encoding") or {}).get("type")
+        if "density_mlp" not in config:
+            return {"encoding": encoding, "mlp": "-"}
+        density, color = config["density_mlp"], config.get("color_mlp", {})
+        direction = config.get("direction_encoding", {}).get("type")
+        return {"encoding": encoding,
+                "mlp": f"{config.get('architecture')}: density {density.get('n_layers')}x{density.get('hidden')}, "
+                       f"colour {color.get('n_layers')}x{color.get('hidden')}, direction {direction}"}
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """World positions → the encodings' cube [-1, 1]³ (outside the box: beyond ±1)."""
         return (x.float() - self.aabb_min) * (2.0 / (self.aabb_max - self.aabb_min)) - 1.0
@@ -217,6 +232,11 @@ class RadianceField(nn.Module):
         rgb = self._rgb(features, self.direction_encoding(dirs))
         return sigma.reshape(shape), rgb.reshape(*shape, 3)
 
+    def surface(self, level: float | None = None) -> Surface:
+        """The density level set σ = ``level`` (default: the field's own), coloured by :meth:`color`."""
+        value = self.level if level is None else float(level)
+        return Surface(self.density, value, self.inside, colors=self.color, color_cost=COLOR_QUERIES)
+
     def color(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """(…, 3) positions → view-averaged rgb (…, 3) in [0, 1], for mesh vertex colours.
 
@@ -236,6 +256,10 @@ class RadianceField(nn.Module):
             out.append(self._rgb(feats, dirs_enc).view(n, k, 3).mean(dim=1))
         rgb = torch.cat(out) if out else flat.new_zeros(0, 3, dtype=torch.float32)
         return rgb.reshape(*x.shape[:-1], 3)
+
+
+#: Field evaluations per point of :meth:`RadianceField.color` (14 directions, rounded up to 16).
+COLOR_QUERIES = 16
 
 
 def _color_directions(device: torch.device) -> torch.Tensor:

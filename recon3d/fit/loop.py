@@ -147,7 +147,8 @@ class Trainer:
 
     def load_resume_state(self, resume: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(resume["optimizer"])
-        self.generator.set_state(resume["generator"].cpu() if hasattr(resume["generator"], "cpu") else resume["generator"])
+        generator = resume["generator"]
+        self.generator.set_state(generator.cpu() if hasattr(generator, "cpu") else generator)
         self.state.step = int(resume["step"])
         self.state.seconds = float(resume["seconds"])
         self.state.history = [list(map(float, row)) for row in resume["history"]]

@@ -16,7 +16,6 @@ The checkpoint's ``level`` is a density threshold (σ per world unit) for extrac
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,20 +25,19 @@ import torch
 
 from recon3d.console import info
 from recon3d.errors import Recon3dError
-from recon3d.fields import build_field
-from recon3d.fields.radiance import DEFAULT_DENSITY_LEVEL, radiance_preset
-from recon3d.fit.common import (FitOptions, checkpoint_dict, make_batch, make_settings, pick, plain_settings,
-                                run_config, save_fit, summarize)
-from recon3d.fit.loop import Trainer, TrainState
-from recon3d.io.scene import Scene
+from recon3d.fields.encodings import hashgrid_config
+from recon3d.fields.radiance import radiance_preset
+from recon3d.fit import losses
+from recon3d.fit.loop import StepFn, Trainer
+from recon3d.fit.method import FitOptions, FitRun, Method
+from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.run import fit
+from recon3d.io.scene import Scene, read_scene
+from recon3d.render.model import GRID, make_grid
 from recon3d.render.rays import RaySampler
 from recon3d.render.renderer import Sampling, render_rays
 from recon3d.render.samplers import OccupancyGrid
 
-#: Occupancy grid per device: instant-ngp's 128³ cells and ~1024 steps across the box on a GPU; a
-#: coarser grid and longer steps on a CPU, where every sample costs.
-GRID = {"cuda": {"resolution": 128, "steps_per_diagonal": 1024},
-        "cpu": {"resolution": 64, "steps_per_diagonal": 256}}
 #: Samples per batch the fast preset aims at, and the bounds on its ray count.
 MIN_RAYS, MAX_RAYS = 256, 1 << 16
 
@@ -55,27 +53,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "cpu": {"steps": 500, "batch": 256, "lr": 5e-4, "target_samples": 0}},
     },
 }
-#: A smaller hash table and fewer levels on a CPU, where every level costs time.
-_CPU_HASHGRID = {"n_levels": 12, "log2_table_size": 17, "max_resolution": 1024}
 
 
 @dataclass
 class NerfOptions(FitOptions):
-    """fit-nerf's options: the common ones (batch = rays per step, adapted by the fast preset) and
+    """fit-nerf's options: the common ones (batch = rays per step, adapted by the fast preset), how
+    the scene is read (image shrink factor, the background RGBA images are composited on) and
     training on random backgrounds."""
 
     random_background: bool = True
+    downscale: int = 1
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def resolve_preset(options: NerfOptions, scene: Scene, device: torch.device) -> dict[str, Any]:
-    """The concrete field config, sampling and settings for this scene and device."""
-    if options.preset not in PRESETS:
-        raise Recon3dError(f"--preset {options.preset}: unknown preset (choose {', '.join(PRESETS)})")
-    preset = PRESETS[options.preset]
+    """The run config for this scene and device: field, sampling, occupancy grid, settings, rays."""
+    preset = choose_preset(PRESETS, options.preset)
     budget = pick(preset["budget"], device)
     field = radiance_preset(options.preset, scene.aabb.tolist())
-    if options.preset == "fast" and device.type != "cuda":
-        field["position_encoding"].update(_CPU_HASHGRID)
+    if options.preset == "fast":
+        field["position_encoding"] = hashgrid_config(device.type)
     sampling = Sampling(near=float(scene.near), far=float(scene.far), **preset["sampling"]).to_dict()
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
     return {"field": field, "sampling": sampling, "grid": pick(GRID, device),
@@ -119,16 +116,82 @@ class NerfStep:
             target = target[:, :3] + background * (1.0 - target[:, 3:])
         rendered = render_rays(self.field, batch.rays, self.sampling, self.grid, background, train=True,
                                generator=gen)
-        mse = torch.mean((rendered.result.rgb - target) ** 2)
+        mse = losses.color_loss(rendered.result.rgb, target)
         loss = mse
         if rendered.coarse is not None:
-            loss = loss + torch.mean((rendered.coarse.rgb - target) ** 2)
+            loss = loss + losses.color_loss(rendered.coarse.rgb, target)
         self.samples_seen += rendered.samples
         if self.target_samples and rendered.samples > 0:  # instant-ngp: keep samples per batch constant
             scaled = self.n_rays * self.target_samples / rendered.samples
             self.n_rays = int(min(max(0.5 * self.n_rays + 0.5 * scaled, MIN_RAYS), MAX_RAYS))
-        psnr = -10.0 * torch.log10(mse.detach().clamp_min(1e-10))
-        return {"loss": loss, "psnr": psnr}
+        return {"loss": loss, "psnr": losses.psnr(mse)}
+
+
+class RadianceFromImages(Method):
+    """fit-nerf on posed images: a radiance field rendered by volume rendering, C = Σ Tᵢ αᵢ cᵢ."""
+
+    name = command = "fit-nerf"
+    kind = "nerf"
+    options = NerfOptions
+    records = ("scene", "images", "width", "height", "downscale", "background", "near", "far", "psnr",
+               "samples_per_second")
+    summary = ("images", "psnr", "samples_per_second")
+
+    def default_stem(self, path: Path) -> str:
+        return path.stem if path.suffix == ".json" else path.name
+
+    def read(self, path: Path, options: FitOptions, device: torch.device) -> Scene:
+        assert isinstance(options, NerfOptions)
+        return read_scene(path, "train", downscale=options.downscale, background=tuple(options.background),
+                          keep_alpha=True).to(device)
+
+    def check_resume(self, checkpoint: dict, data: Scene, output: Path, path: Path) -> None:
+        if checkpoint["train"]["images"] != len(data):
+            raise Recon3dError(f"{output}: was fitted to {checkpoint['train']['images']} images, {path} has "
+                               f"{len(data)}; resume needs the same scene")
+
+    def configure(self, options: FitOptions, data: Scene, device: torch.device) -> dict[str, Any]:
+        assert isinstance(options, NerfOptions)
+        return resolve_preset(options, data, device)
+
+    def prepare(self, run: FitRun, data: Scene) -> Scene:
+        info(f"{data.source}: {len(data)} {data.split} images {data.width}x{data.height}, "
+             f"preset {run.options.preset if run.resume is None else 'resumed'}, "
+             f"sampling {run.config['sampling']['kind']}")
+        return data
+
+    def placement(self, run: FitRun) -> tuple[dict[str, Any], Any]:
+        """The field works in world units (to_world is the identity); the meshing bounds are its box."""
+        return {"scale": 1.0, "translation": [0.0, 0.0, 0.0]}, np.asarray(run.field.config["aabb"], dtype=np.float64)
+
+    def make_step(self, run: FitRun) -> StepFn:
+        config, scene, device = run.config, run.data, run.device
+        grid = make_grid(config, device)
+        batch = config["batch"]
+        if run.resume is not None:
+            if grid is not None:
+                grid.load_state_dict(run.resume["grid"])
+            batch = int(run.resume["train"].get("rays_per_step", batch))
+        rays = RaySampler(training_images(scene), scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy,
+                          scene.distortion, device=device)
+        return NerfStep(run.field, grid, rays, Sampling(**config["sampling"]), scene.background, batch,
+                        config["target_samples"], config["random_background"])
+
+    def train_records(self, run: FitRun) -> dict[str, Any]:
+        scene, step, state = run.data, run.step, run.state
+        terms, last = state.terms, (state.history[-1] if state.history else None)
+        return {
+            "scene": str(scene.source), "images": len(scene), "width": scene.width, "height": scene.height,
+            "downscale": scene.downscale, "background": list(scene.background), "near": scene.near,
+            "far": scene.far, "rays_per_step": step.n_rays,
+            "psnr": float(last[1 + terms.index("psnr")]) if last and "psnr" in terms else None,
+            "samples_per_second": step.samples_seen / max(run.seconds, 1e-9),
+        }
+
+    def extras(self, run: FitRun) -> dict[str, Any]:
+        """The occupancy grid rides along to speed up rendering."""
+        grid = run.step.grid
+        return {} if grid is None else {"grid": {k: v.detach().cpu() for k, v in grid.state_dict().items()}}
 
 
 def fit_nerf(scene: Scene, options: NerfOptions, output: str | Path, device: torch.device,
@@ -139,75 +202,5 @@ def fit_nerf(scene: Scene, options: NerfOptions, output: str | Path, device: tor
     ``on_step(trainer, step)`` runs before every step (benchmarks evaluate there, excluding the time
     they spend with ``trainer.exclude``).
     """
-    config = run_config(options, device, resume, lambda opts, dev: resolve_preset(opts, scene, dev))
-    torch.manual_seed(config["settings"].seed)
-    field = build_field("nerf", config["field"]).to(device)
-    sampling = Sampling(**config["sampling"])
-    grid = make_grid(config, device)
-    batch = config["batch"]
-    if resume is not None:
-        field.load_state_dict(resume["state_dict"])
-        if grid is not None:
-            grid.load_state_dict(resume["grid"])
-        batch = int(resume["train"].get("rays_per_step", batch))
-    rays = RaySampler(training_images(scene), scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy,
-                      scene.distortion, device=device)
-    step = NerfStep(field, grid, rays, sampling, scene.background, batch, config["target_samples"],
-                    config["random_background"])
-    trainer = Trainer(field, step, config["settings"], device, label="fit-nerf", show_progress=show_progress,
-                      on_step=None if on_step is None else (lambda i: on_step(trainer, i)))
-    if resume is not None:
-        trainer.load_resume_state(resume["resume"])
-    info(f"{scene.source}: {len(scene)} {scene.split} images {scene.width}x{scene.height}, "
-         f"preset {options.preset if resume is None else 'resumed'}, sampling {sampling.kind}")
-    start = time.perf_counter()
-    state = trainer.run()
-    wall = time.perf_counter() - start - trainer.excluded_seconds
-    checkpoint = build_checkpoint(field, grid, config, state, scene, step, device)
-    checkpoint["train"]["samples_per_second"] = step.samples_seen / max(wall, 1e-9)
-    save_fit(output, checkpoint, trainer, state)
-    return summarize(checkpoint, output, extra=("images", "psnr", "samples_per_second"))
-
-
-def build_checkpoint(field: torch.nn.Module, grid: OccupancyGrid | None, config: dict, state: TrainState,
-                     scene: Scene, step: NerfStep, device: torch.device) -> dict[str, Any]:
-    """The plain-data checkpoint: the field works in world units (to_world is the identity); the
-    meshing bounds are the scene's box; the occupancy grid rides along to speed up rendering."""
-    terms, last = state.terms, (state.history[-1] if state.history else None)
-    train = {
-        "method": "fit-nerf",
-        "config": {**{k: v for k, v in config.items() if k != "settings"},
-                   "settings": plain_settings(config["settings"])},
-        "scene": str(scene.source), "images": len(scene), "width": scene.width, "height": scene.height,
-        "downscale": scene.downscale, "background": list(scene.background), "near": scene.near, "far": scene.far,
-        "rays_per_step": step.n_rays,
-        "psnr": float(last[1 + terms.index("psnr")]) if last and "psnr" in terms else None,
-    }
-    checkpoint = checkpoint_dict("nerf", field, float(field.config.get("level", DEFAULT_DENSITY_LEVEL)), "above",
-                                 {"scale": 1.0, "translation": [0.0, 0.0, 0.0]},
-                                 np.asarray(field.config["aabb"], dtype=np.float64), state, device, train)
-    if grid is not None:
-        checkpoint["grid"] = {k: v.detach().cpu() for k, v in grid.state_dict().items()}
-    return checkpoint
-
-
-def load_nerf(checkpoint: dict, device: torch.device) -> tuple[torch.nn.Module, OccupancyGrid | None, Sampling]:
-    """The field, its occupancy grid (if any) and sampling of a nerf checkpoint, ready to render."""
-    field = build_field("nerf", checkpoint["field"])
-    field.load_state_dict(checkpoint["state_dict"])
-    field = field.to(device).eval()
-    config = checkpoint["train"]["config"]
-    sampling = Sampling(**config["sampling"])
-    grid = make_grid(config, device)
-    if grid is not None and "grid" in checkpoint:
-        grid.load_state_dict(checkpoint["grid"])
-    return field, grid, sampling
-
-
-def make_grid(config: dict, device: torch.device) -> OccupancyGrid | None:
-    """The occupancy grid of a grid-sampling config (None for hierarchical sampling)."""
-    if config["sampling"]["kind"] != "grid":
-        return None
-    grid = config.get("grid", GRID["cuda"])
-    return OccupancyGrid(torch.tensor(config["field"]["aabb"]), int(grid["resolution"]),
-                         steps_per_diagonal=int(grid["steps_per_diagonal"])).to(device)
+    return fit(RadianceFromImages(), scene, options, output, device, str(scene.source), resume, show_progress,
+               on_step)

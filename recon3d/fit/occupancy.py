@@ -25,14 +25,18 @@ import torch
 
 from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
-from recon3d.fields import build_field
-from recon3d.fit.common import (HASHGRID, FitOptions, checkpoint_dict, make_batch, make_settings, pick,
-                                plain_settings, run_config, save_fit, summarize)
-from recon3d.fit.loop import Trainer, TrainState
-from recon3d.fit.normalize import data_bounds, fit_normalization, to_field
+from recon3d.fields.encodings import HASHGRID
+from recon3d.fit import losses
+from recon3d.fit.loop import StepFn
+from recon3d.fit.method import FitOptions, FitRun, Method
+from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.run import fit
 from recon3d.io.labelled import LabelledPoints
+from recon3d.io.shape import read_occupancy_input
 from recon3d.mesh.inside import EnclosedVolume, RayParity, WindingNumber
+from recon3d.mesh.weld import weld_vertices
 from recon3d.metrics import mesh_is_watertight
+from recon3d.points.normalize import data_bounds, fit_normalization, to_field
 from recon3d.types import TriMesh
 
 #: Probability of the surface, and the logit the checkpoint stores as its level.
@@ -106,10 +110,8 @@ class ShapeData:
 
 
 def resolve_preset(options: OccupancyOptions, device: torch.device) -> dict[str, Any]:
-    """The concrete field config and settings for this device."""
-    if options.preset not in PRESETS:
-        raise Recon3dError(f"--preset {options.preset}: unknown preset (choose {', '.join(PRESETS)})")
-    preset = PRESETS[options.preset]
+    """The run config for this device: field, settings, batch and labelled-pool size."""
+    preset = choose_preset(PRESETS, options.preset)
     budget = pick(preset["budget"], device)
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
     batch = make_batch(budget, options.batch)
@@ -132,8 +134,8 @@ def clean_mesh(mesh: TriMesh, source: str) -> tuple[TriMesh, bool]:
         keep = finite[faces].all(axis=1)
         warn(f"{source}: dropped {int((~keep).sum())} faces with non-finite vertices")
         faces = faces[keep]
-    unique, inverse = np.unique(vertices, axis=0, return_inverse=True)
-    faces = inverse.reshape(-1)[faces]
+    unique, inverse = weld_vertices(vertices)
+    faces = inverse[faces]
     a, b, c = (unique[faces[:, k]] for k in range(3))
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     faces = faces[area > 0]
@@ -265,9 +267,7 @@ def make_step(field: torch.nn.Module, shape: ShapeData, batch: int, pool: int, s
         idx = torch.randint(0, len(points), (batch,), device=device, generator=gen)
         logits = field(points[idx]).float()
         target = labels[idx]
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-        wrong = ((logits > 0).float() != target).float().mean().detach()
-        return {"loss": bce, "misclassified": wrong}
+        return {"loss": losses.occupancy_loss(logits, target), "misclassified": losses.misclassified(logits, target)}
 
     return step
 
@@ -275,43 +275,53 @@ def make_step(field: torch.nn.Module, shape: ShapeData, batch: int, pool: int, s
 # ----------------------------------------------------------------------------------- fitting
 
 
+class OccupancyFromShape(Method):
+    """fit-occupancy on a mesh (labels computed here) or on labelled points (labels given)."""
+
+    name = command = "fit-occupancy"
+    kind = "occupancy"
+    options = OccupancyOptions
+    records = ("input", "size", "labels", "threshold")
+    summary = ("input", "size", "labels", "misclassified")
+
+    def read(self, path: Path, options: FitOptions, device: torch.device) -> TriMesh | LabelledPoints:
+        return read_occupancy_input(path)
+
+    def check_resume(self, checkpoint: dict, data: Any, output: Path, path: Path) -> None:
+        if checkpoint["train"].get("input") != ("points" if isinstance(data, LabelledPoints) else "mesh"):
+            raise Recon3dError(f"{output}: was fitted to another kind of input; resume needs the same shape")
+
+    def configure(self, options: FitOptions, data: Any, device: torch.device) -> dict[str, Any]:
+        assert isinstance(options, OccupancyOptions)
+        return resolve_preset(options, device)
+
+    def prepare(self, run: FitRun, data: TriMesh | LabelledPoints) -> ShapeData:
+        if isinstance(data, LabelledPoints):
+            return prepare_points(data, run.device, run.source)
+        return prepare_mesh(data, run.device, run.source)
+
+    def field_config(self, run: FitRun) -> dict[str, Any]:
+        return {**run.config["field"], "level": LEVEL, "inside": "above"}
+
+    def make_step(self, run: FitRun) -> StepFn:
+        return make_step(run.field, run.data, run.config["batch"], run.config["pool"], run.config["settings"].seed)
+
+    def train_records(self, run: FitRun) -> dict[str, Any]:
+        shape: ShapeData = run.data
+        terms, history = run.state.terms, run.state.history
+        last = history[-1] if history else None
+        return {
+            "input": "points" if shape.rule == "file" else "mesh",
+            "size": int(shape.size),
+            "labels": shape.rule_text,
+            "threshold": THRESHOLD,
+            "misclassified": (float(last[1 + terms.index("misclassified")])
+                              if last and "misclassified" in terms else None),
+        }
+
+
 def fit_occupancy(shape_input: TriMesh | LabelledPoints, options: OccupancyOptions, output: str | Path,
                   device: torch.device, source: str = "input", resume: dict | None = None,
                   show_progress: bool = True) -> dict[str, Any]:
     """Fit an occupancy field to a mesh or labelled points; write the checkpoint; return a summary."""
-    config = run_config(options, device, resume, resolve_preset)
-    torch.manual_seed(config["settings"].seed)
-    if isinstance(shape_input, LabelledPoints):
-        shape = prepare_points(shape_input, device, source)
-    else:
-        shape = prepare_mesh(shape_input, device, source)
-    field = build_field("occupancy", {**config["field"], "level": LEVEL, "inside": "above"}).to(device)
-    if resume is not None:
-        field.load_state_dict(resume["state_dict"])
-    step = make_step(field, shape, config["batch"], config["pool"], config["settings"].seed)
-    trainer = Trainer(field, step, config["settings"], device, label="fit-occupancy", show_progress=show_progress)
-    if resume is not None:
-        trainer.load_resume_state(resume["resume"])
-    state = trainer.run()
-    checkpoint = build_checkpoint(field, config, state, shape, device)
-    save_fit(output, checkpoint, trainer, state)
-    return summarize(checkpoint, output, extra=("input", "size", "labels", "misclassified"))
-
-
-def build_checkpoint(field: torch.nn.Module, config: dict, state: TrainState, shape: ShapeData,
-                     device: torch.device) -> dict[str, Any]:
-    """Assemble the plain-data checkpoint; ``threshold`` records τ for people and ``info``."""
-    terms = state.terms
-    last = state.history[-1] if state.history else None
-    train = {
-        "method": "fit-occupancy",
-        "config": {"field": {"encoding": field.config["encoding"], "mlp": field.config["mlp"]},
-                   "batch": config["batch"], "pool": config["pool"], "settings": plain_settings(config["settings"])},
-        "input": "points" if shape.rule == "file" else "mesh",
-        "size": int(shape.size),
-        "labels": shape.rule_text,
-        "threshold": THRESHOLD,
-        "misclassified": float(last[1 + terms.index("misclassified")]) if last and "misclassified" in terms else None,
-    }
-    return checkpoint_dict("occupancy", field, LEVEL, "above", shape.to_world, shape.bounds, state, device, train)
-
+    return fit(OccupancyFromShape(), shape_input, options, output, device, source, resume, show_progress)

@@ -17,18 +17,19 @@ import os
 import pickle
 import re
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from recon3d.errors import InputError
+from recon3d.fields import FIELDS
 from recon3d.io.atomic import atomic_open
 from recon3d.io.pointcloud import require_file
 
 FORMAT = "recon3d"
 VERSION = 1
-KINDS = ("sdf", "occupancy", "nerf")
+#: The field kinds a checkpoint may hold: those recon3d.fields can rebuild.
+KINDS = tuple(FIELDS)
 REQUIRED_KEYS = ("format", "version", "kind", "level", "field", "state_dict", "to_world", "bounds", "train")
 
 
@@ -69,55 +70,3 @@ def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> 
     if data["kind"] not in kinds:
         raise InputError(f"{path}: holds a {data['kind']} field; this command needs {' or '.join(kinds)}")
     return data
-
-
-def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A flat, human-readable summary of what a checkpoint holds (for ``recon3d info``)."""
-    train = checkpoint["train"]
-    field = checkpoint["field"]
-    n_params = sum(int(t.numel()) for t in checkpoint["state_dict"].values() if hasattr(t, "numel"))
-    scale = float(checkpoint["to_world"]["scale"])
-    translation = [float(t) for t in checkpoint["to_world"]["translation"]]
-    bounds = [[float(v) * scale + translation[i] for i, v in enumerate(row)] for row in checkpoint["bounds"]]
-    history = train.get("history") or []
-    return {
-        "kind": checkpoint["kind"],
-        "format_version": checkpoint["version"],
-        "level": float(checkpoint["level"]),
-        "inside": checkpoint.get("inside", field.get("inside")),
-        "encoding": (field.get("encoding") or field.get("position_encoding") or {}).get("type"),
-        "mlp": _mlp_summary(field.get("mlp", {})) if "mlp" in field else _radiance_summary(field),
-        "parameters": n_params,
-        "to_world_scale": scale,
-        "to_world_translation": translation,
-        "bounds_world": bounds,
-        "steps": train.get("steps"),
-        "seconds": train.get("seconds"),
-        "complete": train.get("complete", True),
-        "resumable": "resume" in checkpoint,
-        "support_points": int(len(checkpoint["support"]["points"])) if "support" in checkpoint else None,
-        "final_loss": history[-1][1] if history else None,
-        **{key: train[key] for key in _METHOD_RECORDS if key in train},
-        "device": train.get("device"),
-        "versions": train.get("versions"),
-    }
-
-
-#: Method-specific training records that ``info`` shows when a checkpoint has them.
-_METHOD_RECORDS = ("points", "outliers_dropped", "normals", "noise_ratio", "denoised", "smoothing_passes", "input", "size", "labels", "threshold", "scene", "images", "width",
-                   "height", "downscale", "background", "near", "far", "psnr", "samples_per_second")
-
-
-def _radiance_summary(field: dict[str, Any]) -> str:
-    if "density_mlp" not in field:
-        return "-"
-    density, color = field["density_mlp"], field.get("color_mlp", {})
-    return (f"{field.get('architecture')}: density {density.get('n_layers')}x{density.get('hidden')}, "
-            f"colour {color.get('n_layers')}x{color.get('hidden')}, direction {field.get('direction_encoding', {}).get('type')}")
-
-
-def _mlp_summary(mlp: dict[str, Any]) -> str:
-    if not mlp:
-        return "-"
-    return (f"{mlp.get('n_layers')}x{mlp.get('hidden')} {mlp.get('activation')}, init {mlp.get('init', 'default')}"
-            + (f", skip {list(mlp['skip_layers'])}" if mlp.get("skip_layers") else ""))

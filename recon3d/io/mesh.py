@@ -217,27 +217,36 @@ def mesh_to_bytes(mesh: TriMesh, fmt: str) -> bytes:
     return _WRITERS[_normalise_format(fmt)](mesh)
 
 
+def check_mesh_output(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The format a mesh written to ``path`` takes (``fmt``, else the extension; ``"-"``, stdout,
+    needs ``fmt``), or one clear error: checked before any long work."""
+    if str(path) == "-":
+        if fmt is None:
+            raise Recon3dError(
+                "writing a mesh to stdout ('-') needs an explicit format "
+                f"(--format {', '.join(e[1:] for e in MESH_EXTENSIONS)})"
+            )
+        return _normalise_format(fmt)
+    if fmt is None:
+        suffix = Path(path).suffix.lower()
+        if suffix not in MESH_EXTENSIONS:
+            raise Recon3dError(
+                f"{path}: unknown mesh extension '{Path(path).suffix}' "
+                f"(supported: {', '.join(MESH_EXTENSIONS)})"
+            )
+        return suffix[1:]
+    return _normalise_format(fmt)
+
+
 def write_mesh(path: str | os.PathLike, mesh: TriMesh, fmt: str | None = None) -> None:
     """Write ``mesh`` to ``path`` atomically, or to stdout when ``path`` is ``"-"``.
 
     The format is ``fmt`` when given, else the extension of ``path``; stdout needs ``fmt``.
     """
+    data = mesh_to_bytes(mesh, check_mesh_output(path, fmt))
     if str(path) == "-":
-        if fmt is None:
-            raise Recon3dError(
-                "writing a mesh to stdout ('-') needs an explicit format "
-                f"({', '.join(e[1:] for e in MESH_EXTENSIONS)})"
-            )
-        data = mesh_to_bytes(mesh, fmt)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    path = Path(path)
-    if fmt is None and path.suffix.lower() not in MESH_EXTENSIONS:
-        raise Recon3dError(
-            f"{path}: unknown mesh extension '{path.suffix}' "
-            f"(supported: {', '.join(MESH_EXTENSIONS)})"
-        )
-    data = mesh_to_bytes(mesh, fmt or path.suffix)
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(Path(path), "wb") as handle:
         handle.write(data)

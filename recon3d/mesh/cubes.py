@@ -207,7 +207,8 @@ def _decisions(u: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     ring = u[:, t["faces"]]  # (M, 6, 4)
     inside = ring <= 0
-    ambiguous = (inside[..., 0] == inside[..., 2]) & (inside[..., 1] == inside[..., 3]) & (inside[..., 0] != inside[..., 1])
+    ambiguous = ((inside[..., 0] == inside[..., 2]) & (inside[..., 1] == inside[..., 3])
+                 & (inside[..., 0] != inside[..., 1]))
     even, odd = ring[..., 0] * ring[..., 2], ring[..., 1] * ring[..., 3]
     joined = torch.where(inside[..., 0], even >= odd, odd >= even)
     return ((ambiguous & joined).long() * (2 ** torch.arange(6, device=u.device))).sum(1)
@@ -272,7 +273,8 @@ def _crossings(
     u: torch.Tensor, lattice: torch.Tensor, edges: torch.Tensor, dims: list[int], t: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Level crossings on ``edges`` of cells at ``lattice`` with corner values ``u``: keys (lattice vertex
-    key * 4 + edge axis; a loop centre gets 3), the edge's first lattice vertex, the edge axis and the fraction along it."""
+    key * 4 + edge axis; a loop centre gets 3), the edge's first lattice vertex, the edge axis and the
+    fraction along it."""
     first = lattice + t["corners"][t["start"][edges]]
     u0 = u.gather(1, t["start"][edges][:, None]).squeeze(1).double()
     u1 = u.gather(1, t["end"][edges][:, None]).squeeze(1).double()

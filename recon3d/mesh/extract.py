@@ -1,10 +1,11 @@
 """Closed triangle meshes from implicit fields (SDF, occupancy, density): :func:`extract_mesh`.
 
-Pipeline: sample the field (dense grid, or coarse-to-fine blocks near the surface) → marching cubes on
-canonical values, on the field's device (:mod:`recon3d.mesh.cubes`; scikit-image's Lewiner per block +
-weld as the reference, ``marching="lewiner"``) → drop closed pieces the data does not support (when a
-``support`` is given) → optional largest component → vertex normals. The
-lattice is padded with an outside value, so the mesh is closed even where the surface leaves the box.
+The field describes its own surface (:class:`recon3d.fields.surface.Surface`); nothing here asks
+which kind of field it is. Pipeline: sample the field (dense grid, or coarse-to-fine blocks near the
+surface) → marching cubes on canonical values, on the field's device (:mod:`recon3d.mesh.cubes`;
+scikit-image's Lewiner per block + weld as the reference) → drop closed pieces the data does not
+support (when a ``support`` is given) → optional largest component → vertex normals. The lattice is
+padded with an outside value, so the mesh is closed even where the surface leaves the box.
 """
 
 from __future__ import annotations
@@ -19,16 +20,66 @@ import torch
 
 from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
+from recon3d.fields.gradient import autograd_gradient
+from recon3d.fields.surface import FieldFn, Surface
 from recon3d.mesh import cubes, marching
-from recon3d.mesh.grid import FieldFn, Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
+from recon3d.mesh.grid import Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
 from recon3d.mesh.support import supported_faces
+from recon3d.mesh.weld import compact, weld
 from recon3d.types import TriMesh
 
 _INSIDE = {"below": 1.0, "above": -1.0}  # canonical sign: u = sign * (f - level) is > 0 outside
-_METHODS = ("sparse", "dense")
-_NORMALS = ("field", "mesh", "none")
+METHODS = ("sparse", "dense")
+NORMALS = ("field", "mesh", "none")
 MARCHING = ("table", "lewiner")
+RESOLUTIONS = (8, 4096)
+MAX_REFINE = 10
 _DIFF_STEP = 0.5  # central-difference step in cells, used when the field is not differentiable
+
+
+@dataclass
+class ExtractOptions:
+    """How to mesh a surface.
+
+    ``resolution``: cells on the longest box axis, the same cell size elsewhere (None: 512 on a GPU,
+    256 on a CPU). ``method="sparse"`` evaluates coarse-to-fine near the surface and gives the same
+    mesh as ``"dense"`` unless a surface piece hides inside one coarse cell (see
+    :mod:`recon3d.mesh.grid`). ``chunk``: field points per evaluation. ``normals``: ``"field"``
+    (field gradient, autograd or central differences), ``"mesh"`` (area-weighted faces) or ``"none"``.
+    ``refine`` Newton steps move each vertex along the field's gradient onto the level (at most half a
+    cell in all), which sharpens fields that are far from linear across a cell, such as occupancy
+    logits. ``marching_cubes``: ``"table"`` (all cells at once on the device, asymptotic decider on
+    faces) or ``"lewiner"`` (scikit-image, block by block on the CPU, then welded).
+    """
+
+    resolution: int | None = None
+    method: str = "sparse"
+    chunk: int = 2**18
+    largest_component: bool = False
+    normals: str = "field"
+    refine: int = 0
+    marching_cubes: str = "table"
+
+    def validate(self) -> None:
+        """Raise one clear Recon3dError for the first option out of range."""
+        low, high = RESOLUTIONS
+        if self.resolution is not None and not low <= int(self.resolution) <= high:
+            raise Recon3dError(f"--resolution must be between {low} and {high}")
+        if self.method not in METHODS:
+            raise Recon3dError(f"--method {self.method}: choose mise or dense")
+        if not 0 <= int(self.refine) <= MAX_REFINE:
+            raise Recon3dError(f"--refine must be between 0 and {MAX_REFINE}")
+        if self.normals not in NORMALS:
+            raise Recon3dError(f"--normals {self.normals}: choose field, mesh or none")
+        if self.marching_cubes not in MARCHING:
+            raise Recon3dError(f"--marching-cubes {self.marching_cubes}: choose table or lewiner")
+        if int(self.chunk) < 1:
+            raise Recon3dError(f"--chunk must be at least 1, got {self.chunk}")
+
+
+def default_resolution(device: torch.device | str) -> int:
+    """512³ on a GPU (seconds); 256³ on a CPU, where 512³ takes minutes."""
+    return 512 if torch.device(device).type == "cuda" else 256
 
 
 @dataclass
@@ -44,87 +95,62 @@ class ExtractResult:
 
 
 def extract_mesh(
-    field_fn: FieldFn,
+    surface: Surface,
     bounds: np.ndarray,
-    resolution: int = 256,
-    level: float = 0.0,
-    inside: str = "below",
-    method: str = "sparse",
+    options: ExtractOptions | None = None,
     device: str | torch.device = "cpu",
-    chunk: int = 2**18,
-    largest_component: bool = False,
-    normals: str = "field",
-    lipschitz: float | None = None,
-    progress: ProgressFn | None = None,
-    refine: int = 0,
-    marching_cubes: str = "table",
     support: dict[str, np.ndarray] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ExtractResult:
-    """Extract the closed surface ``f = level`` of ``field_fn`` inside ``bounds``.
+    """Extract the closed surface of ``surface`` inside ``bounds`` (a (2, 3) box, field coordinates).
 
-    ``field_fn`` maps (N, 3) float32 points on ``device`` to (N,) values, at most ``chunk`` points per call.
-    ``resolution`` is the number of cells on the longest box axis; other axes get the same cell size.
-    ``inside="below"`` means the object is where f < level (SDF), ``"above"`` where f > level (occupancy
-    logits, density). ``method="sparse"`` evaluates coarse-to-fine near the surface and gives the same mesh
-    as ``"dense"`` unless a surface piece hides inside one coarse cell (see :mod:`recon3d.mesh.grid`);
-    ``lipschitz`` (1.0 for a true SDF) makes its culling exact. ``normals``: ``"field"`` (field gradient,
-    autograd or central differences), ``"mesh"`` (area-weighted faces) or ``"none"``. ``refine`` Newton
-    steps move each vertex along the field's gradient onto ``f = level`` (at most half a cell in all),
-    which sharpens fields that are far from linear across a cell, such as occupancy logits.
-    ``marching_cubes``: ``"table"`` (all cells at once on ``device``, asymptotic decider on faces) or
-    ``"lewiner"`` (scikit-image, block by block on the CPU, then welded). ``support`` (see
-:mod:`recon3d.mesh.support`, field coordinates) drops closed pieces that no data point is near. ``progress`` is called as ``progress(stage, fraction)``.
+    ``surface.function`` maps (N, 3) float32 points on ``device`` to (N,) values, at most
+    ``options.chunk`` points per call; a ``surface.lipschitz`` bound (1 for a true SDF) makes the
+    coarse-to-fine culling exact. ``support`` (see :mod:`recon3d.mesh.support`, field coordinates)
+    drops closed pieces that no data point is near. ``progress`` is called as ``progress(stage, fraction)``.
     """
     start = time.perf_counter()
-    _check_options(inside, method, normals, chunk, lipschitz)
-    if marching_cubes not in MARCHING:
-        raise Recon3dError(f"marching cubes must be one of {list(MARCHING)}, got {marching_cubes!r}")
-    if int(refine) < 0:
-        raise Recon3dError(f"refine must be 0 or more steps, got {refine}")
+    options = options or ExtractOptions()
+    options.validate()
+    lipschitz = surface.lipschitz
+    if lipschitz is not None and not (np.isfinite(lipschitz) and lipschitz > 0):
+        raise Recon3dError(f"lipschitz must be a positive number, got {lipschitz}")
+    resolution = int(options.resolution or default_resolution(device))
     lattice = Lattice.from_bounds(bounds, resolution)
-    sampler = Sampler(field_fn, lattice, float(level), _INSIDE[inside], int(chunk), torch.device(device))
+    sampler = Sampler(surface.function, lattice, float(surface.level), _INSIDE[surface.inside], int(options.chunk),
+                      torch.device(device))
     seconds: dict[str, float] = {}
     with _timed(seconds, "evaluate"):
-        sampled = sample_dense(sampler, progress) if method == "dense" else sample_sparse(sampler, lipschitz, progress)
+        if options.method == "dense":
+            sampled = sample_dense(sampler, progress)
+        else:
+            sampled = sample_sparse(sampler, lipschitz, progress)
     lattice_queries = sampler.queries
     with _timed(seconds, "marching_cubes"):
-        if marching_cubes == "table":
+        if options.marching_cubes == "table":
             verts, faces = cubes.triangulate(sampled.values, sampled.origins, sampled.dims())
             if progress is not None:
                 progress("marching_cubes", 1.0)
         else:
             values, origins = sampled.values.cpu().numpy(), sampled.origins.cpu().numpy()
-            verts, faces = marching.weld(*marching.triangulate_blocks(values, origins, progress))
+            verts, faces = weld(*marching.triangulate_blocks(values, origins, progress))
     dropped = 0
     with _timed(seconds, "cleanup"):
         if support is not None and len(faces):
             keep, dropped = supported_faces(lattice.to_field(verts), faces, support)
             if dropped:
-                verts, faces = marching.compact(verts, faces[keep])
-        if largest_component:
+                verts, faces = compact(verts, faces[keep])
+        if options.largest_component:
             verts, faces = marching.largest_component(verts, faces)
     vertices = lattice.to_field(verts)
-    if refine and len(vertices):
+    if options.refine and len(vertices):
         with _timed(seconds, "refine"):
-            vertices = _refine(sampler, vertices, int(refine))
+            vertices = _refine(sampler, vertices, int(options.refine))
     with _timed(seconds, "normals"):
-        vertex_normals = _normals(normals, sampler, verts, vertices, faces, progress)
+        vertex_normals = _normals(options.normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
     mesh = TriMesh(vertices=vertices, faces=faces, vertex_normals=vertex_normals)
     return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries, dropped)
-
-
-def _check_options(inside: str, method: str, normals: str, chunk: int, lipschitz: float | None) -> None:
-    if inside not in _INSIDE:
-        raise Recon3dError(f"inside must be one of {sorted(_INSIDE)}, got {inside!r}")
-    if method not in _METHODS:
-        raise Recon3dError(f"method must be one of {list(_METHODS)}, got {method!r}")
-    if normals not in _NORMALS:
-        raise Recon3dError(f"normals must be one of {list(_NORMALS)}, got {normals!r}")
-    if int(chunk) < 1:
-        raise Recon3dError(f"chunk must be at least 1, got {chunk}")
-    if lipschitz is not None and not (np.isfinite(lipschitz) and lipschitz > 0):
-        raise Recon3dError(f"lipschitz must be a positive number, got {lipschitz}")
 
 
 @contextmanager
@@ -171,12 +197,10 @@ def _refine(sampler: Sampler, points: np.ndarray, steps: int) -> np.ndarray:
         x0 = start[begin:stop]
         x = x0.clone()
         for _ in range(steps):
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                f = sampler.field_fn(xg).reshape(-1).float()
-                if not f.requires_grad:
-                    return False  # not differentiable: keep the marching-cubes vertices
-                (grad,) = torch.autograd.grad(f.sum(), xg)
+            f, grad = autograd_gradient(sampler.field_fn, x.detach())
+            if grad is None:
+                return False  # not differentiable: keep the marching-cubes vertices
+            f = f.float()
             norm2 = (grad * grad).sum(1, keepdim=True)
             move = torch.where(norm2 > 0, (f.detach() - sampler.level)[:, None] * grad / norm2.clamp_min(1e-30),
                                torch.zeros_like(grad))
@@ -203,7 +227,8 @@ def _field_normals(sampler: Sampler, points: np.ndarray, progress: ProgressFn | 
 
     def piece(begin: int, stop: int) -> int:
         x = pts[begin:stop]
-        grad = _autograd(sampler.field_fn, x)
+        grad = autograd_gradient(sampler.field_fn, x.detach())[1]
+        grad = None if grad is None else grad.detach()
         queries = len(x)
         if grad is None:
             grad = _central_differences(sampler.field_fn, x, _DIFF_STEP * sampler.lattice.cell)
@@ -217,17 +242,6 @@ def _field_normals(sampler: Sampler, points: np.ndarray, progress: ProgressFn | 
     sampler.queries += sum(queries)
     unit = torch.nn.functional.normalize(torch.nan_to_num(grads * sampler.sign, nan=0.0), dim=1)
     return unit.cpu().numpy()
-
-
-def _autograd(field_fn: FieldFn, x: torch.Tensor) -> torch.Tensor | None:
-    """d f / d x through ``field_fn``, or None when the field is not differentiable with respect to x."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        f = field_fn(x).reshape(-1)
-        if not f.requires_grad:
-            return None
-        (grad,) = torch.autograd.grad(f.sum(), x, allow_unused=True)
-    return None if grad is None else grad.detach()
 
 
 def _central_differences(field_fn: FieldFn, x: torch.Tensor, step: float) -> torch.Tensor:

@@ -30,8 +30,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
+from recon3d.fields.surface import FieldFn
 
-FieldFn = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[str, float], None]
 
 PAD_VALUE = 1.0  # canonical value of padding vertices: outside
@@ -104,8 +104,8 @@ class Sampler:
     def evaluate(self, points: torch.Tensor) -> torch.Tensor:
         """Canonical values at (N, 3) float32 field points.
 
-        On GPU out-of-memory the chunk is halved (down to :data:`~recon3d.device.MIN_CHUNK`, then the error is raised) and
-        evaluation continues where it stopped; the smaller chunk is kept for later calls.
+        On GPU out-of-memory the chunk is halved (down to :data:`~recon3d.device.MIN_CHUNK`, then the
+        error is raised) and evaluation continues where it stopped; the smaller chunk is kept for later calls.
         """
         n = int(points.shape[0])
         out = torch.empty(n, dtype=torch.float32, device=self.device)

@@ -66,7 +66,8 @@ class RayParity:
         per_triangle = span[:, 0] * span[:, 1]
         triangle = np.repeat(np.arange(len(faces)), per_triangle)
         local = np.arange(per_triangle.sum()) - np.repeat(np.cumsum(per_triangle) - per_triangle, per_triangle)
-        cells = (first[triangle, 0] + local % span[triangle, 0]) * self.size + first[triangle, 1] + local // span[triangle, 0]
+        row, column = first[triangle, 0] + local % span[triangle, 0], first[triangle, 1] + local // span[triangle, 0]
+        cells = row * self.size + column
         order = np.argsort(cells, kind="stable")
         counts = np.bincount(cells, minlength=self.size * self.size)
         self.triangles = as_tensor(triangle[order], torch.int64)

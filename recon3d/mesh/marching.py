@@ -3,7 +3,7 @@
 Numpy only. Input values are canonical (``u > 0`` outside, see :mod:`recon3d.mesh.grid`); vertices come
 back as float64 padded indices and faces are counter-clockwise seen from outside. Blocks are triangulated
 one by one with small local coordinates, which makes a vertex on a face shared by two blocks bit-identical
-in both, so :func:`weld` can join blocks exactly by coordinates.
+in both, so :func:`recon3d.mesh.weld.weld` can join blocks exactly by coordinates.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import numpy as np
 from skimage.measure import marching_cubes
 
 from recon3d.mesh.support import component_labels
+from recon3d.mesh.weld import compact, weld
+
+__all__ = ["compact", "empty_mesh", "largest_component", "triangulate_blocks", "triangulate_volume",
+           "vertex_normals", "weld"]
 
 ProgressFn = Callable[[str, float], None]
 Mesh = tuple[np.ndarray, np.ndarray]  # vertices (V, 3) float64, faces (F, 3) int64
@@ -48,34 +52,6 @@ def triangulate_blocks(values: np.ndarray, origins: np.ndarray, progress: Progre
     if not all_verts:
         return empty_mesh()
     return np.concatenate(all_verts), np.concatenate(all_faces)
-
-
-def weld(verts: np.ndarray, faces: np.ndarray) -> Mesh:
-    """Merge bit-identical vertices and drop the faces that collapse.
-
-    This joins blocks along their shared faces. It also merges marching-cubes vertices that rounded onto
-    the same point (a lattice value within float precision of the level): dropping their zero-area faces
-    is an edge collapse, which keeps the mesh closed.
-    """
-    if len(verts) == 0:
-        return empty_mesh()
-    order = np.lexsort(verts.T[::-1])
-    ordered = verts[order]
-    first = np.ones(len(verts), dtype=bool)
-    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-    remap = np.empty(len(verts), dtype=np.int64)
-    remap[order] = np.cumsum(first) - 1
-    faces = remap[faces]
-    distinct = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    return compact(ordered[first], faces[distinct])
-
-
-def compact(verts: np.ndarray, faces: np.ndarray) -> Mesh:
-    """Drop vertices no face uses, renumbering faces."""
-    used = np.zeros(len(verts), dtype=bool)
-    used[faces.ravel()] = True
-    remap = np.cumsum(used) - 1
-    return verts[used], remap[faces]
 
 
 def largest_component(verts: np.ndarray, faces: np.ndarray) -> Mesh:

@@ -5,10 +5,10 @@ initial sphere trapped where the far-field prior (|f| ≥ distance to the scan) 
 pass through zero on its way to the right sign, e.g. a bubble of "outside" deep inside a solid part or
 a blob of "inside" floating in a through-hole. Such a piece is a closed component of the zero set
 with (almost) no scan point near it. fit-sdf stores a compact picture of the scan in the checkpoint
-(:func:`scan_support`); extraction drops the components whose vertices are mostly farther from the
-scan than the local point spacing (:func:`supported_faces`). Dropping a closed component leaves a
-closed mesh. The largest component is always kept, and a hole the fit closed is part of a supported
-component, so hole filling is unaffected.
+(:func:`recon3d.points.support.scan_support`); extraction drops the components whose vertices are
+mostly farther from the scan than the local point spacing (:func:`supported_faces`). Dropping a
+closed component leaves a closed mesh. The largest component is always kept, and a hole the fit
+closed is part of a supported component, so hole filling is unaffected.
 """
 
 from __future__ import annotations
@@ -18,30 +18,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-#: A vertex is near the scan within this multiple of the local k-th-neighbour distance.
-RADIUS_FACTOR = 1.25
-#: Voxel of the stored picture: half the median neighbour distance, but at least this (field units),
-#: so that a dense scan of millions of points stores at most a few hundred thousand support points.
-MIN_VOXEL = 1.0 / 256.0
 #: A component is kept when at least this fraction of its vertices is near the scan.
 MIN_SUPPORTED_FRACTION = 0.5
-
-
-def scan_support(points: np.ndarray, spacing: np.ndarray) -> dict[str, np.ndarray]:
-    """A voxel-thinned copy of the scan with a nearness radius per point (field units, float16).
-
-    ``spacing`` is each point's distance to its k-th neighbour. Each voxel keeps one point and the
-    largest radius of the points in it, so sparse parts of the scan keep their larger tolerance.
-    """
-    points = np.asarray(points, dtype=np.float32)
-    spacing = np.asarray(spacing, dtype=np.float32)
-    voxel = max(0.5 * float(np.median(spacing)), MIN_VOXEL)
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    radius = np.zeros(len(first), dtype=np.float32)
-    np.maximum.at(radius, inverse, RADIUS_FACTOR * np.maximum(spacing, 2.0 * voxel))
-    return {"points": points[first].astype(np.float16), "radius": radius.astype(np.float16)}
 
 
 def component_labels(n_vertices: int, faces: np.ndarray) -> tuple[int, np.ndarray]:

@@ -9,17 +9,71 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from recon3d.console import progress_bar
+from recon3d.device import resolve_device
+from recon3d.errors import Recon3dError
 from recon3d.io.atomic import atomic_write_bytes
+from recon3d.io.checkpoint import load_checkpoint
+from recon3d.io.scene import read_scene
 from recon3d.metrics import psnr, ssim
-from recon3d.render.renderer import Sampling, render_image
-from recon3d.render.samplers import OccupancyGrid
+from recon3d.render.model import Renderer, load_renderer
+from recon3d.render.renderer import render_image
+
+
+@dataclass
+class RenderOptions:
+    """What to render: a split's views (PSNR / SSIM, PNGs into ``output`` if given), or ``orbit``
+    frames circling the scene (PNGs, or one GIF with ``gif``), into ``output``. ``limit``: the first
+    N views only; ``downscale``: image shrink factor (None: the training run's)."""
+
+    split: str = "test"
+    output: Path | None = None
+    orbit: int = 0
+    gif: bool = False
+    limit: int | None = None
+    downscale: int | None = None
+
+    def validate(self) -> None:
+        """One clear Recon3dError for the first inconsistent option."""
+        if self.orbit < 0 or (self.gif and self.orbit == 0):
+            raise Recon3dError("--orbit N needs N >= 1 (and --gif needs --orbit)")
+        if self.orbit and self.output is None:
+            raise Recon3dError("--orbit needs -o FOLDER for its frames")
+        if self.limit is not None and self.limit < 1:
+            raise Recon3dError("--limit must be at least 1")
+        if self.output is not None:
+            if self.output.exists() and not self.output.is_dir():
+                raise Recon3dError(f"{self.output}: exists and is not a folder")
+            if not self.output.parent.is_dir():
+                raise Recon3dError(f"{self.output}: parent folder {self.output.parent} does not exist")
+
+
+def render_model(model: Path, scene: Path, options: RenderOptions, device: str = "auto",
+                 show_progress: bool = True) -> dict:
+    """Render a checkpoint's views of ``scene`` (see :class:`RenderOptions`) with a progress bar;
+    return :func:`render_split`'s or :func:`render_orbit`'s result."""
+    options.validate()
+    checkpoint = load_checkpoint(model)
+    torch_device = resolve_device(device)
+    renderer = load_renderer(checkpoint, torch_device, str(model))
+    train = checkpoint["train"]
+    factor = int(options.downscale if options.downscale is not None else train.get("downscale", 1))
+    background = tuple(train.get("background", (1.0, 1.0, 1.0)))
+    views = read_scene(scene, "train" if options.orbit else options.split, downscale=factor, background=background,
+                       max_images=options.limit).to(torch_device)
+    if options.output is not None:
+        options.output.mkdir(exist_ok=True)
+    with progress_bar("render", options.orbit or len(views), disable=not show_progress) as advance:
+        if options.orbit:
+            return render_orbit(renderer, views, options.orbit, options.output, options.gif, advance)
+        return render_split(renderer, views, options.output, advance)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -44,13 +98,13 @@ def gif_bytes(frames: list[np.ndarray], fps: float = 15.0) -> bytes:
     return buffer.getvalue()
 
 
-def render_split(field: torch.nn.Module, grid: OccupancyGrid | None, sampling: Sampling, scene,
-                 out_dir: Path | None, progress: Callable[[int, int], None] | None = None) -> dict:
+def render_split(renderer: Renderer, scene, out_dir: Path | None,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Render every view of ``scene``; PSNR/SSIM against its images; PNGs into ``out_dir`` if given."""
     views = []
     start = time.perf_counter()
     for index in range(len(scene)):
-        rendered = render_image(field, scene, index, sampling, grid)
+        rendered = render_image(renderer.field, scene, index, renderer.sampling, renderer.grid)
         target = scene.images[index].cpu().numpy()
         name = Path(scene.files[index]).stem
         entry = {"view": name, "psnr": psnr(rendered["rgb"], target), "ssim": ssim(rendered["rgb"], target)}
@@ -81,7 +135,7 @@ def orbit_cameras(c2w: torch.Tensor, center: torch.Tensor, n: int) -> torch.Tens
     height = (offsets @ up).mean()
     height = height.clamp(-0.95 * radius, 0.95 * radius)
     ring = (radius**2 - height**2).sqrt()
-    helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) if up[0].abs() < 0.9 else torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    helper = torch.tensor([1.0, 0.0, 0.0] if up[0].abs() < 0.9 else [0.0, 1.0, 0.0], dtype=torch.float64)
     a = torch.linalg.cross(up, helper)
     a = a / a.norm()
     b = torch.linalg.cross(up, a)
@@ -99,8 +153,8 @@ def orbit_cameras(c2w: torch.Tensor, center: torch.Tensor, n: int) -> torch.Tens
     return torch.stack(cameras).float()
 
 
-def render_orbit(field: torch.nn.Module, grid: OccupancyGrid | None, sampling: Sampling, scene, n: int,
-                 out_dir: Path, gif: bool, progress: Callable[[int, int], None] | None = None) -> dict:
+def render_orbit(renderer: Renderer, scene, n: int, out_dir: Path, gif: bool,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
     """``n`` frames around the scene (intrinsics of its first camera) as PNGs, or one GIF."""
     aabb = scene.aabb.float()
     poses = orbit_cameras(scene.c2w.cpu(), 0.5 * (aabb[0] + aabb[1]).cpu(), n)
@@ -111,7 +165,7 @@ def render_orbit(field: torch.nn.Module, grid: OccupancyGrid | None, sampling: S
                     distortion=None, alphas=None)
     frames, written = [], []
     for k in range(n):
-        frame = render_image(field, orbit, k, sampling, grid)["rgb"]
+        frame = render_image(renderer.field, orbit, k, renderer.sampling, renderer.grid)["rgb"]
         if gif:
             frames.append(frame)
         else:

@@ -5,8 +5,8 @@ the object to fit it in, the field loses resolution, and the fit closes a small 
 stray point. A point counts as isolated when its k-th nearest neighbour is more than ``factor`` times
 farther than the scan's median k-th neighbour distance: with k = 16 and factor 10 that is a
 neighbourhood 100 times sparser than the typical one. On real and sampled scans the largest ratio is
-far below that (SRB gargoyle 4.9, clean mesh samples 1.5-1.9), while a lone stray point, or a cluster
-of fewer than k of them, is far above it.
+far below that (docs/constants.md), while a lone stray point, or a cluster of fewer than k of them,
+is far above it.
 """
 
 from __future__ import annotations

@@ -18,21 +18,20 @@ from scipy.sparse import coo_matrix, triu
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
-
 #: Neighbours of each point's plane fit (PCA normals) and local spacing.
 NEIGHBOURS = 16
 
 
-def neighbourhood(points: np.ndarray, k: int = NEIGHBOURS, pca: bool = True, device: torch.device | str | None = None,
-                  query: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def neighbourhood(points: np.ndarray, k: int = NEIGHBOURS, pca: bool = True,
+                  device: torch.device | str | None = None, query: tuple[np.ndarray, np.ndarray] | None = None,
+                  ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Return (unoriented unit normals (N,3) float32, k-th neighbour distance (N,), neighbour ids (N,k)).
 
     With ``pca=False`` only the neighbour query runs (the spacing is all a scan with its own normals, or
     one fitted without normals, needs) and the normals are None. ``device`` runs the plane fits in torch
-    there (default: the CPU). 16 neighbours: planes over 10-12 cost thin parts (clean cow, 200k points:
-    Chamfer-L1 0.099 % → 0.126-0.133 %), over 24-48 a real scan's detail (SRB gargoyle without normals:
-    normal consistency 0.979 → 0.976-0.979; benchmarks/results/h200-sweep-*pca*.json). ``query``: the
-    (distances, ids) of this k-nearest query when already made (in these points' units).
+    there (default: the CPU). ``k``: fewer neighbours fit noisy planes across thin parts, more blur a real
+    scan's detail. ``query``: the (distances, ids) of this k-nearest query when already made (in these
+    points' units).
     """
     k = int(min(k, len(points)))
     dist, idx = query if query is not None else cKDTree(points).query(points, k=k, workers=-1)
@@ -50,8 +49,7 @@ def plane_fits(points: np.ndarray, neighbours: np.ndarray, device: torch.device 
     """The least-squares plane of each neighbourhood (n,k): centroids (n,3), unit normals (the
     least-variance axis, (n,3)) and the variance along it (n,), all float32.
 
-    Gathers and covariances in torch on ``device``, eigendecompositions on the CPU: about 4× faster than
-    numpy on this project's 2-core CPU.
+    Gathers and covariances in torch on ``device``, eigendecompositions on the CPU (faster than numpy).
     """
     pts = torch.as_tensor(np.asarray(points, dtype=np.float32), device=device)
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -89,12 +87,10 @@ def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.nd
                       sample: int = 200_000) -> float:
     """Fraction of neighbouring points on one plane whose normals point to opposite sides.
 
-    Consistently oriented normals almost never do: samples of closed meshes give 0-0.03 %, with
-    0.25 % noise 0-0.2 %, the SRB gargoyle scan 0. Normals of a double-sided triangle soup (ShapeNet
-    models sampled as they are) or with random signs give 50 %. Pairs across a thin part are left out:
-    their edge leaves the tangent planes. 0 when no pair qualifies. Larger scans are judged on the
-    neighbourhoods of ``sample`` points drawn with a fixed seed (1M points: about 2.7 s for all on this
-    project's 2-core CPU).
+    Consistently oriented normals almost never do (well under 1 %); normals of a double-sided triangle
+    soup (ShapeNet models sampled as they are) or with random signs do half the time. Pairs across a
+    thin part are left out: their edge leaves the tangent planes. 0 when no pair qualifies. Larger scans
+    are judged on the neighbourhoods of ``sample`` points drawn with a fixed seed.
     """
     n, k = neighbours.shape
     if k < 2:
@@ -115,9 +111,9 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
 
     An edge costs 1 − |nᵢ·nⱼ| (Hoppe: parallel planes agree) plus ``tangent_weight`` × how much it
     leaves the tangent planes, (|nᵢ·e| + |nⱼ·e|)/2 for the unit edge e. Without the second term the two
-    faces of a part thinner than the neighbourhood (an ear, a thin wall) look like one plane, the
-    tree crosses between them and gives both faces the same sign (clean cheburashka, 200k points: 7 %
-    of the normals wrong; with it 0.07 %). ``tangent_weight`` None means TANGENT_WEIGHT.
+    faces of a part thinner than the neighbourhood (an ear, a thin wall) look like one plane, and the
+    tree crosses between them and gives both faces the same sign. ``tangent_weight`` None means
+    TANGENT_WEIGHT.
     """
     tangent_weight = TANGENT_WEIGHT if tangent_weight is None else tangent_weight
     n, k = neighbours.shape
@@ -129,7 +125,7 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
         weights[part] = 1.0 - np.abs(dot) + tangent_weight * 0.5 * (off_i + off_j) + 1e-6
     graph = coo_matrix((weights, (rows, cols)), shape=(n, n)).tocsr()
     # Symmetric (an edge listed from either end), then one triangle: the same undirected graph with
-    # half the entries, so Kruskal sorts half as many (400k points: MST 1.67 s → 1.04 s, same tree).
+    # half the entries, so Kruskal sorts half as many (the same tree).
     graph = triu(graph.maximum(graph.T), format="csr")
     tree = minimum_spanning_tree(graph)
     tree = tree + tree.T

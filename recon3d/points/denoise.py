@@ -1,11 +1,10 @@
 """Noise in a scan: how much there is, and smoothing the points onto local planes when it matters.
 
 A hash-grid SDF has the capacity to follow noise that is large against the point spacing: its zero
-set then wrinkles at the scale of the spacing (normal consistency 0.91-0.94 against the true surface
-at σ = 0.25 % of the diagonal, 200k points). The measure is the RMS distance of each point's k
+set then wrinkles at the scale of the spacing. The measure is the RMS distance of each point's k
 neighbours to their best-fitting plane, divided by the distance to the k-th neighbour: about 0.01 on
-clean samples of smooth or CAD surfaces (only curvature contributes), 0.09 on the SRB gargoyle range
-scan, 0.27 with σ = 0.25 % noise. Above a threshold, each point moves onto the least-squares plane of
+clean samples of smooth or CAD surfaces (only curvature contributes), about 0.1 on a real range scan,
+about 0.3 with Gaussian noise of 0.25 % of the diagonal on 200k points. Above a threshold, each point moves onto the least-squares plane of
 its neighbours (a one-step moving-least-squares projection), which averages the noise across the
 neighbourhood while keeping the surface where the samples are. The ratio is relative to the spacing,
 so a denser scan with the same noise comes out of one pass still noisy: ``smooth_until_quiet`` repeats
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from recon3d.fit.normals import plane_fits, principal_axes
+from recon3d.points.normals import plane_fits, principal_axes
 
 #: Neighbours for the noise measure (the smoothing's own count is fit-sdf's SMOOTH_NEIGHBOURS).
 NOISE_NEIGHBOURS = 16

@@ -1,0 +1,44 @@
+"""The method registry: one line per method, each imported on first use (so ``info`` and a typo'd
+command do not pay for every method's imports)."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from pathlib import Path
+
+from recon3d.errors import Recon3dError
+from recon3d.fit.method import Method
+
+#: Every fitting method: its name (stored in checkpoints as ``train["method"]``) → ``module:class``.
+METHODS: dict[str, str] = {
+    "fit-sdf": "recon3d.fit.sdf:SdfFromPoints",
+    "fit-occupancy": "recon3d.fit.occupancy:OccupancyFromShape",
+    "fit-nerf": "recon3d.fit.nerf:RadianceFromImages",
+}
+
+
+@cache
+def get_method(name: str) -> Method:
+    """The registered method called ``name``."""
+    if name not in METHODS:
+        raise Recon3dError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def method_for(command: str, path: Path) -> Method:
+    """The method of ``command`` (``fit-sdf``, …) that reads ``path``: the input decides."""
+    candidates = [get_method(name) for name in METHODS if get_method(name).command == command]
+    for method in candidates:
+        if method.accepts(Path(path)):
+            return method
+    if not candidates:
+        raise Recon3dError(f"unknown command {command!r}")
+    raise Recon3dError(f"{path}: {command} cannot fit this kind of input")
+
+
+def method_of(checkpoint: dict) -> Method | None:
+    """The method that wrote ``checkpoint`` (None for an unknown or missing name)."""
+    name = checkpoint.get("train", {}).get("method") if isinstance(checkpoint.get("train"), dict) else None
+    return get_method(name) if isinstance(name, str) and name in METHODS else None

@@ -1,0 +1,170 @@
+"""Preparing a raw scan for a surface fit, in named stages: check, normalise, leave out isolated
+points, smooth noise, choose or estimate normals. Numpy in, numpy out, in field coordinates.
+
+Each stage is a plain function; :func:`clean_scan` runs them in order and shares one neighbour
+query between the isolation test and the normals when no point leaves or moves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from recon3d.console import info, warn
+from recon3d.errors import InputError
+from recon3d.points.denoise import NOISE_THRESHOLD, noise_ratio, smooth_until_quiet
+from recon3d.points.normalize import fit_normalization, to_field
+from recon3d.points.normals import NEIGHBOURS, neighbourhood, orient_normals, pca_normals, sign_disagreement
+from recon3d.points.outliers import ISOLATION_FACTOR, ISOLATION_NEIGHBOURS, isolated_points
+from recon3d.types import PointCloud
+
+#: Fewest points a surface is fitted to.
+MIN_POINTS = 16
+NORMAL_MODES = ("auto", "estimate", "ignore")
+DENOISE_MODES = ("auto", "on", "off")
+OUTLIER_MODES = ("drop", "keep")
+NORMAL_ORIGINS = {"file": "from the file", "estimated": "estimated (PCA, MST-oriented)", "none": "none"}
+#: File normals whose signs disagree between neighbours on one plane more often than this are
+#: replaced by estimated ones (see recon3d.points.normals.sign_disagreement).
+SIGN_DISAGREEMENT = 0.1
+#: Neighbours of the local fit each point of a noisy scan is smoothed onto (recon3d.points.denoise).
+SMOOTH_NEIGHBOURS = 64
+#: The smoothing passes: the first always, each next one only while the noise ratio is still at least
+#: SMOOTH_REPEAT_ABOVE. Quadrics after the first plane: they follow curvature instead of pulling the
+#: points to the inside of curves.
+SMOOTH_PASSES = ("plane", "quadric", "quadric")
+SMOOTH_REPEAT_ABOVE = 0.1
+
+Query = tuple[np.ndarray, np.ndarray]  # (distances (N, k), neighbour ids (N, k)), self first
+
+
+@dataclass
+class CleanScan:
+    """A scan ready for fitting, in field coordinates (see recon3d.points.normalize)."""
+
+    points: np.ndarray  # (N, 3) float32
+    normals: np.ndarray | None  # (N, 3) float32 unit, oriented; None without normals
+    origin: str  # where the normals come from: "file" | "estimated" | "none"
+    spacing: np.ndarray  # (N,) distance to the NEIGHBOURS-th neighbour
+    to_world: dict  # field coordinates → the input's units
+    noise_ratio: float = 0.0  # see recon3d.points.denoise
+    denoised: bool = False
+    smoothing_passes: int = 0
+    outliers_dropped: int = 0
+
+
+def check_size(cloud: PointCloud, source: str) -> None:
+    """Stage 1: enough points to fit a surface to."""
+    if len(cloud) < MIN_POINTS:
+        raise InputError(f"{source}: only {len(cloud)} points; at least {MIN_POINTS} are needed to fit a surface")
+
+
+def normalise(cloud: PointCloud, source: str) -> tuple[dict, np.ndarray]:
+    """Stage 2: (to_world, the points in field coordinates as float32)."""
+    to_world = fit_normalization(cloud.points, source)
+    return to_world, to_field(cloud.points, to_world).astype(np.float32)
+
+
+def nearest(points: np.ndarray, k: int) -> Query:
+    """Each point's k nearest neighbours (itself first), k capped at the number of points."""
+    return cKDTree(points).query(points, k=min(k, len(points)), workers=-1)
+
+
+def drop_isolated(cloud: PointCloud, distances: np.ndarray, source: str) -> tuple[PointCloud, int]:
+    """Stage 3: leave out the isolated points (recon3d.points.outliers), with a warning."""
+    stray = isolated_points(cloud.points, distances=distances)
+    dropped = int(stray.sum())
+    if not dropped:
+        return cloud, 0
+    keep = ~stray
+    cloud = PointCloud(cloud.points[keep], None if cloud.normals is None else cloud.normals[keep])
+    warn(f"{source}: left out {dropped:,} isolated point{'s' if dropped > 1 else ''} (their "
+         f"{ISOLATION_NEIGHBOURS}th neighbour "
+         f"more than {ISOLATION_FACTOR:g}× the scan's median distance away; --outliers keep keeps them)")
+    if len(cloud) < MIN_POINTS:
+        raise InputError(f"{source}: only {len(cloud)} points are not isolated; at least {MIN_POINTS} are "
+                         "needed to fit a surface (--outliers keep uses them all)")
+    return cloud, dropped
+
+
+def warn_if_flat(points: np.ndarray, source: str) -> None:
+    """A scan without extent along one axis gives a thin shell, not a solid."""
+    if float(np.ptp(points, axis=0).min()) < 1e-6:
+        warn(f"{source}: the points are flat (zero extent along one axis); the surface will be a thin shell")
+
+
+def smooth_if_noisy(points: np.ndarray, denoise: str, device: torch.device,
+                    source: str) -> tuple[np.ndarray, float, list[float]]:
+    """Stage 4: (points, noise ratio, the ratio after each smoothing pass run; empty when not smoothed).
+
+    ``denoise``: ``on``, ``off``, or ``auto`` (when the noise ratio reaches NOISE_THRESHOLD)."""
+    ratio = noise_ratio(points, device=device)
+    if not (denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)):
+        return points, ratio, []
+    points, after = smooth_until_quiet(points, SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE, device)
+    passes = ", ".join(SMOOTH_PASSES[:len(after)])
+    info(f"{source}: noise {ratio:.2f} of the point spacing: points smoothed onto the local fits of their "
+         f"{SMOOTH_NEIGHBOURS} neighbours ({passes}; {after[-1]:.2f} after; --denoise off keeps them)")
+    return points, ratio, after
+
+
+def normal_origin(cloud: PointCloud, mode: str) -> str:
+    """Where the normals will come from: the file's (``auto``), estimated, or none (``ignore``)."""
+    if mode == "ignore":
+        return "none"
+    return "file" if cloud.normals is not None and mode == "auto" else "estimated"
+
+
+def choose_normals(cloud: PointCloud, points: np.ndarray, origin: str, device: torch.device, source: str,
+                   query: Query | None) -> tuple[np.ndarray | None, str, np.ndarray]:
+    """Stage 5: (oriented normals or None, their origin, each point's spacing).
+
+    File normals whose signs disagree between neighbours (a double-sided soup, a writer that lost the
+    signs) are replaced by estimated ones: PCA planes oriented over a spanning tree (Hoppe et al. 1992).
+    ``query``: the NEIGHBOURS-nearest query of these points when already made.
+    """
+    # PCA only when the normals are estimated; otherwise the neighbour query is for the spacing alone.
+    unoriented, spacing, neighbours = neighbourhood(points, pca=origin == "estimated", device=device, query=query)
+    normals = None
+    if origin == "file":
+        normals = cloud.normals.astype(np.float32)
+        disagreement = sign_disagreement(points, normals, neighbours)
+        if disagreement > SIGN_DISAGREEMENT:
+            warn(f"{source}: the file's normals point to opposite sides between neighbours on one plane "
+                 f"({disagreement:.0%} of them); estimating normals instead")
+            origin, normals = "estimated", None
+            unoriented = pca_normals(points, neighbours, device)
+    if origin == "estimated":
+        normals = orient_normals(points, unoriented, neighbours)
+    return normals, origin, spacing
+
+
+def clean_scan(cloud: PointCloud, normals_mode: str, device: torch.device, source: str,
+               denoise: str = "auto", outliers: str = "drop") -> CleanScan:
+    """Every stage in order: the scan normalised without its isolated points, smoothed if it is noisy,
+    with the normals it has or estimated ones."""
+    check_size(cloud, source)
+    to_world, points = normalise(cloud, source)
+    # One k-nearest query serves the isolation test and, unless points leave or move, the normals.
+    query: Query | None = nearest(points, max(NEIGHBOURS, ISOLATION_NEIGHBOURS))
+    dropped = 0
+    if outliers == "drop":
+        cloud, dropped = drop_isolated(cloud, query[0], source)
+        if dropped:
+            to_world, points = normalise(cloud, source)
+            query = None
+    warn_if_flat(points, source)
+    start = time.perf_counter()
+    points, ratio, after = smooth_if_noisy(points, denoise, device, source)
+    smoothed = bool(after)
+    if query is not None and not smoothed:
+        query = (query[0][:, :NEIGHBOURS], query[1][:, :NEIGHBOURS])
+    normals, origin, spacing = choose_normals(cloud, points, normal_origin(cloud, normals_mode), device, source,
+                                              None if smoothed else query)
+    info(f"{source}: {len(points):,} points, normals: {NORMAL_ORIGINS[origin]} ({time.perf_counter() - start:.1f} s)")
+    return CleanScan(points=points, normals=normals, origin=origin, spacing=spacing, to_world=to_world,
+                     noise_ratio=ratio, denoised=smoothed, smoothing_passes=len(after), outliers_dropped=dropped)
