@@ -16,8 +16,10 @@ from scipy.spatial import cKDTree
 
 from recon3d._open3d import import_open3d
 from recon3d.errors import InputError, Recon3dError
+from recon3d.memory import check_memory
 from recon3d.mesh.inside import RayParity
 from recon3d.mesh.weld import weld_vertices
+from recon3d.points.duplicates import first_occurrences
 from recon3d.types import PointCloud, TriMesh
 
 Shape = TriMesh | PointCloud
@@ -25,6 +27,14 @@ InsideBackend = Literal["auto", "open3d", "numpy"]
 
 #: F-score thresholds as fractions of the reference bounding-box diagonal, keyed by their label.
 _FSCORE_THRESHOLDS = {"0.5%": 0.005, "1%": 0.01}
+#: Rough peak bytes per surface sample of :func:`evaluate` (both shapes' samples, their trees and
+#: distances, the volume IoU's points).
+SAMPLE_BYTES = 512
+#: ``evaluate``'s sample counts: fewer than the minimum makes the sampling floor dominate; the maximum
+#: bounds memory (a few GB of samples and KD-trees). Seeds: numpy's and torch's 64-bit range, less the
+#: offsets evaluate adds for the reference and the volume samples.
+MIN_SAMPLES, MAX_SAMPLES = 1000, 50_000_000
+MAX_SEED = 2**63 - 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +190,10 @@ def evaluate(
     Meshes are sampled uniformly (``n_samples`` each; pred with ``seed``, ref with ``seed + 1``,
     so that identical inputs still show the sampling floor); point clouds are used as they are,
     randomly thinned to ``n_samples`` when larger. Values are plain Python scalars (JSON-ready).
+    ``n_samples`` must lie in [MIN_SAMPLES, MAX_SAMPLES] and ``seed`` in [0, MAX_SEED) (one clear error).
     """
+    check_eval_options(n_samples, seed)
+    check_memory(float(n_samples) * SAMPLE_BYTES, f"eval with --samples {n_samples}", "use a smaller --samples")
     diagonal = bbox_diagonal(_extent_points(ref))
     if not diagonal > 0:
         raise InputError("the reference is degenerate: its bounding box has zero diagonal")
@@ -197,6 +210,16 @@ def evaluate(
     )
     result.update(_mesh_metrics(pred, ref, n_samples, seed + 2))
     return result
+
+
+def check_eval_options(n_samples: object, seed: object) -> None:
+    """One clear Recon3dError, naming the eval option, for a sample count or seed out of range."""
+    for option, value, low, high in (("--samples", n_samples, MIN_SAMPLES, MAX_SAMPLES),
+                                     ("--seed", seed, 0, MAX_SEED - 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise Recon3dError(f"{option} must be an integer, got {value!r}")
+        if not low <= int(value) <= high:
+            raise Recon3dError(f"{option} must be between {low:,} and {high:,}, got {int(value):,}")
 
 
 def _extent_points(shape: Shape) -> np.ndarray:
@@ -217,9 +240,16 @@ def _samples(shape: Shape, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | 
 
 
 def _nearest(query: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from each query point to its nearest target point, and that point's index."""
-    distance, index = cKDTree(target).query(query, k=1, workers=-1)
-    return distance, index
+    """Distance from each query point to its nearest target point, and that point's index.
+
+    Repeated target points are left out of the tree (a k-d tree degenerates on many copies of one point);
+    the distances are the same and the index is the first copy's."""
+    distinct = first_occurrences(target)
+    if distinct is None:
+        distance, index = cKDTree(target).query(query, k=1, workers=-1)
+        return distance, index
+    distance, index = cKDTree(target[distinct]).query(query, k=1, workers=-1)
+    return distance, distinct[index]
 
 
 def _distance_metrics(to_ref: np.ndarray, to_pred: np.ndarray, diagonal: float) -> dict[str, float]:

@@ -295,8 +295,10 @@ def test_failed_fit_leaves_existing_output_untouched(work, scan, bad_scans):
         assert out.read_bytes() == b"precious bytes"
 
 
-def test_diverging_fit_fails_cleanly_and_leaves_existing_output_untouched(work, scan):
-    """A failure during training (loss becomes NaN/inf) writes nothing."""
+def test_diverging_fit_fails_cleanly_and_leaves_existing_output_untouched(work, scan, monkeypatch):
+    """A failure during training (loss becomes NaN/inf) writes nothing. (--lr is capped for users; the
+    cap is lifted here to make the fit diverge.)"""
+    monkeypatch.setattr("recon3d.fit.presets.MAX_LR", 1e31)
     out = work / "precious_diverge.pt"
     out.write_bytes(b"precious bytes")
     result = run("fit-sdf", scan, "-o", out, "--steps", 3, "--batch", 64, "--lr", "1e30",

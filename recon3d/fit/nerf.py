@@ -80,14 +80,20 @@ def resolve_preset(options: NerfOptions, scene: Scene, device: torch.device) -> 
             "target_samples": int(budget["target_samples"]), "random_background": bool(options.random_background)}
 
 
-def training_images(scene: Scene) -> torch.Tensor:
-    """(N, H, W, 3 or 4) what rays are trained against: premultiplied colour + alpha when known."""
-    if scene.alphas is None:
-        return scene.images
-    alpha = scene.alphas[..., None]
-    background = torch.tensor(scene.background, dtype=scene.images.dtype, device=scene.images.device)
-    premultiplied = scene.images - background * (1.0 - alpha)
-    return torch.cat([premultiplied, alpha], dim=-1)
+def training_targets(scene: Scene) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stored pixels (B, C) -> what rays are trained against (B, 3 or 4): colour, or premultiplied
+    colour + alpha when alpha is known; applied per batch, so the split stays stored compactly."""
+
+    def targets(stored: torch.Tensor) -> torch.Tensor:
+        colour, alpha = scene.decode(stored)
+        if alpha is None:
+            return colour
+        alpha = alpha[..., None]
+        background = torch.tensor(scene.background, dtype=colour.dtype, device=colour.device)
+        premultiplied = colour - background * (1.0 - alpha)
+        return torch.cat([premultiplied, alpha], dim=-1)
+
+    return targets
 
 
 class NerfStep:
@@ -172,8 +178,8 @@ class RadianceFromImages(Method):
             if grid is not None:
                 grid.load_state_dict(run.resume["grid"])
             batch = int(run.resume["train"].get("rays_per_step", batch))
-        rays = RaySampler(training_images(scene), scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy,
-                          scene.distortion, device=device)
+        rays = RaySampler(scene.pixels, scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy, scene.distortion,
+                          device=device, decode=training_targets(scene))
         return NerfStep(run.field, grid, rays, Sampling(**config["sampling"]), scene.background, batch,
                         config["target_samples"], config["random_background"])
 

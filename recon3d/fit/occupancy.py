@@ -16,6 +16,8 @@ pool number), so an interrupted run resumes to the same result.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from recon3d.console import info, warn
+from recon3d.console import info, progress_bar, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fields.encodings import HASHGRID
 from recon3d.fit import losses
@@ -33,9 +35,11 @@ from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
 from recon3d.fit.run import fit
 from recon3d.io.labelled import LabelledPoints
 from recon3d.io.shape import read_occupancy_input
+from recon3d.memory import check_memory, field_point_bytes
 from recon3d.mesh.inside import EnclosedVolume, RayParity, WindingNumber
 from recon3d.mesh.weld import weld_vertices
 from recon3d.metrics import mesh_is_watertight
+from recon3d.points.duplicates import first_occurrences
 from recon3d.points.normalize import data_bounds, fit_normalization, to_field
 from recon3d.types import TriMesh
 
@@ -86,6 +90,10 @@ RULES = {"parity": "ray parity (closed mesh)", "winding": "generalised winding n
          "file": "labels from the file"}
 #: Voxels per box side for the enclosed-volume rule.
 ENCLOSED_RESOLUTION = {"cuda": 512, "cpu": 256}
+#: Rough bytes per labelled pool point: the point, its label and the sampling temporaries.
+POOL_POINT_BYTES = 160
+#: Rasterising an open mesh shows a progress bar from this many sample batches on.
+PROGRESS_BATCHES = 8
 
 
 @dataclass
@@ -115,17 +123,34 @@ def resolve_preset(options: OccupancyOptions, device: torch.device) -> dict[str,
     budget = pick(preset["budget"], device)
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
     batch = make_batch(budget, options.batch)
-    return {"field": pick(preset["field"], device), "settings": settings, "batch": batch,
-            "pool": max(int(budget["pool"]), batch)}
+    field = pick(preset["field"], device)
+    pool = max(int(budget["pool"]), batch)
+    check_memory(batch * field_point_bytes(field, "train") + pool * POOL_POINT_BYTES,
+                 f"a fit-occupancy step of --batch {batch}", "use a smaller --batch", device)
+    return {"field": field, "settings": settings, "batch": batch, "pool": pool}
 
 
 # ----------------------------------------------------------------------------------- the shape
 
 
+def distinct_faces(faces: np.ndarray) -> tuple[np.ndarray, int]:
+    """(faces without repeats of an earlier face, how many were dropped). A repeat has the same three
+    vertices in the same cyclic order; the reverse face (a double-sided surface) is kept."""
+    first = np.argmin(faces, axis=1)
+    rolled = faces[np.arange(len(faces))[:, None], (first[:, None] + np.arange(3)) % 3]
+    keep = first_occurrences(rolled)
+    if keep is None:
+        return faces, 0
+    return faces[keep], len(faces) - len(keep)
+
+
 def clean_mesh(mesh: TriMesh, source: str) -> tuple[TriMesh, bool]:
-    """Weld vertices that share a position, drop degenerate faces; report whether the result is closed.
+    """Weld vertices that share a position, drop degenerate and repeated faces; report whether the result
+    is closed.
 
     OBJ files often split vertices along texture seams; welding makes such a mesh count as closed.
+    Repeated faces are collapsed before any labelling: copies of one face make the labelling rules slow
+    (and a closed mesh with a copied face no longer counts as closed).
     """
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
@@ -141,6 +166,10 @@ def clean_mesh(mesh: TriMesh, source: str) -> tuple[TriMesh, bool]:
     faces = faces[area > 0]
     if len(faces) == 0:
         raise InputError(f"{source}: the mesh has no face with non-zero area; nothing to fit")
+    faces, copies = distinct_faces(faces)
+    if copies:
+        warn(f"{source}: collapsed {copies:,} duplicate face{'s' if copies > 1 else ''} (the same three vertices "
+             "in the same order as an earlier face)")
     used = np.unique(faces)
     remap = np.zeros(len(unique), dtype=np.int64)
     remap[used] = np.arange(len(used))
@@ -151,8 +180,12 @@ def clean_mesh(mesh: TriMesh, source: str) -> tuple[TriMesh, bool]:
     return cleaned, mesh_is_watertight(cleaned)
 
 
-def prepare_mesh(mesh: TriMesh, device: torch.device, source: str) -> ShapeData:
-    """Normalise the mesh and choose the labelling rule."""
+def prepare_mesh(mesh: TriMesh, device: torch.device, source: str, deadline: float | None = None,
+                 show_progress: bool = True) -> ShapeData:
+    """Normalise the mesh and choose the labelling rule.
+
+    ``deadline`` (time.monotonic()): the slow part of preparing an open mesh (rasterising it for the
+    enclosed-volume rule) stops past it with one clear error."""
     mesh, closed = clean_mesh(mesh, source)
     to_world = fit_normalization(mesh.vertices, source)
     field_mesh = TriMesh(vertices=to_field(mesh.vertices, to_world), faces=mesh.faces)
@@ -161,7 +194,8 @@ def prepare_mesh(mesh: TriMesh, device: torch.device, source: str) -> ShapeData:
     if closed:
         rule, labeller = "parity", RayParity(field_mesh, device)
     else:
-        rule, labeller = _open_mesh_rule(field_mesh, box, device)
+        info(f"{source}: {mesh.n_faces:,} faces, not closed: choosing an inside rule")
+        rule, labeller = _open_mesh_rule(field_mesh, box, device, source, deadline, show_progress)
         warn(f"{source}: the mesh is not closed (holes or a triangle soup); inside/outside by "
              f"{RULES[rule]}")
     triangles = torch.as_tensor(field_mesh.vertices[field_mesh.faces], dtype=torch.float32, device=device)
@@ -192,12 +226,31 @@ def prepare_points(data: LabelledPoints, device: torch.device, source: str) -> S
     )
 
 
-def _open_mesh_rule(mesh: TriMesh, box: torch.Tensor, device: torch.device) -> tuple[str, Labeller]:
+def _open_mesh_rule(mesh: TriMesh, box: torch.Tensor, device: torch.device, source: str = "input",
+                    deadline: float | None = None, show_progress: bool = True) -> tuple[str, Labeller]:
     """Winding number for meshes with holes; enclosed volume when the winding number finds (almost)
     nothing inside that the surface encloses, as for double-sided triangle soups."""
     winding = WindingNumber(mesh, device)
     by_winding: Labeller = lambda x: winding(x).abs() > 0.5  # noqa: E731 - either orientation
-    enclosed = EnclosedVolume(mesh, box.double().cpu().numpy(), ENCLOSED_RESOLUTION.get(device.type, 512), device)
+
+    def stop_at_deadline() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise Recon3dError(f"{source}: preparing the input did not finish within --max-seconds (still "
+                               "rasterising the open mesh); nothing was trained: raise --max-seconds or repair "
+                               "the mesh")
+
+    with contextlib.ExitStack() as stack:
+        bar: list[Callable[[int, int], None]] = []
+
+        def report(done: int, total: int) -> None:  # a bar only when rasterising takes many batches
+            if not bar and show_progress and total >= PROGRESS_BATCHES:
+                bar.append(stack.enter_context(progress_bar(f"{source}: rasterising the open mesh", total)))
+            if bar:
+                bar[0](done, total)
+            stop_at_deadline()
+
+        enclosed = EnclosedVolume(mesh, box.double().cpu().numpy(), ENCLOSED_RESOLUTION.get(device.type, 512), device,
+                                  progress=report)
     gen = torch.Generator(device=device)
     gen.manual_seed(12345)
     probe = box[0] + torch.rand((8192, 3), device=device, generator=gen) * (box[1] - box[0])
@@ -298,7 +351,9 @@ class OccupancyFromShape(Method):
     def prepare(self, run: FitRun, data: TriMesh | LabelledPoints) -> ShapeData:
         if isinstance(data, LabelledPoints):
             return prepare_points(data, run.device, run.source)
-        return prepare_mesh(data, run.device, run.source)
+        seconds = run.config["settings"].max_seconds
+        deadline = None if seconds is None else time.monotonic() + float(seconds)
+        return prepare_mesh(data, run.device, run.source, deadline)
 
     def field_config(self, run: FitRun) -> dict[str, Any]:
         return {**run.config["field"], "level": LEVEL, "inside": "above"}

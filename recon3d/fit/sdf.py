@@ -22,6 +22,7 @@ init), ``siren`` (sine MLP with SIREN init), ``fourier`` (Fourier features + sof
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import check_choice, choose_preset, make_batch, make_settings, pick
 from recon3d.fit.run import fit
 from recon3d.io.pointcloud import read_point_cloud
+from recon3d.memory import check_memory, field_point_bytes
 from recon3d.points.distance import distance_grid, free_space_threshold
 from recon3d.points.normalize import data_bounds
 from recon3d.points.scan import DENOISE_MODES, NORMAL_MODES, OUTLIER_MODES, clean_scan
@@ -137,6 +139,7 @@ class ScanData:
     denoised: bool = False
     smoothing_passes: int = 0  # passes run when denoised (recon3d.points.denoise.smooth_until_quiet)
     outliers_dropped: int = 0  # isolated points left out (recon3d.points.outliers)
+    duplicates_dropped: int = 0  # points collapsed onto an earlier one at the same coordinates
 
 
 def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
@@ -150,9 +153,19 @@ def resolve_preset(options: SDFOptions, device: torch.device) -> dict[str, Any]:
         field["encoding"] = _encoding_override(options.encoding, device)
     budget = pick(preset["budget"], device)
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
+    batch = make_batch(budget, options.batch)
+    check_step_memory(field, batch, device)
     return {"field": field, "loss": dict(preset["loss"]), "settings": settings,
-            "batch": make_batch(budget, options.batch), "anneal": preset["anneal"],
+            "batch": batch, "anneal": preset["anneal"],
             "normals": options.normals, "denoise": options.denoise, "outliers": options.outliers}
+
+
+def check_step_memory(field: dict, batch: int, device: torch.device) -> None:
+    """Refuse a batch whose step cannot fit: B scan points, B near samples and B/4 uniform ones, each
+    through the field and the backward pass through ∇ₓf (recon3d.memory.field_point_bytes)."""
+    points = 2 * batch + max(batch // 4, 1)
+    check_memory(points * field_point_bytes(field, "train2"), f"a fit-sdf step of --batch {batch}",
+                 "use a smaller --batch", device)
 
 
 def _encoding_override(name: str, device: torch.device) -> dict:
@@ -168,9 +181,11 @@ def _encoding_override(name: str, device: torch.device) -> dict:
 
 
 def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, source: str,
-                 denoise: str = "auto", outliers: str = "drop") -> ScanData:
-    """The scan cleaned (recon3d.points.scan), its distance priors, its support picture, on the device."""
-    scan = clean_scan(cloud, normals_mode, device, source, denoise, outliers)
+                 denoise: str = "auto", outliers: str = "drop", deadline: float | None = None) -> ScanData:
+    """The scan cleaned (recon3d.points.scan), its distance priors, its support picture, on the device.
+
+    ``deadline`` (time.monotonic()): preparation stages are not started past it (one clear error)."""
+    scan = clean_scan(cloud, normals_mode, device, source, denoise, outliers, deadline)
     points, normals = scan.points, scan.normals
     sigma = np.clip(scan.spacing, 1e-4, 0.05)
     # Sign claims need oriented normals; with estimated ones, flood fill and the vote must agree anyway.
@@ -189,6 +204,7 @@ def prepare_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sou
         data_box=as_tensor(np.stack([points.min(axis=0), points.max(axis=0)])), to_world=scan.to_world,
         bounds=data_bounds(points), support=scan_support(points, scan.spacing), noise_ratio=scan.noise_ratio,
         denoised=scan.denoised, smoothing_passes=scan.smoothing_passes, outliers_dropped=scan.outliers_dropped,
+        duplicates_dropped=scan.duplicates_dropped,
     )
 
 
@@ -262,8 +278,9 @@ class SdfFromPoints(Method):
     name = command = "fit-sdf"
     kind = "sdf"
     options = SDFOptions
-    records = ("points", "outliers_dropped", "normals", "noise_ratio", "denoised", "smoothing_passes")
-    summary = ("points", "outliers_dropped", "normals", "denoised")
+    records = ("points", "duplicates_dropped", "outliers_dropped", "normals", "noise_ratio", "denoised",
+               "smoothing_passes")
+    summary = ("points", "duplicates_dropped", "outliers_dropped", "normals", "denoised")
 
     def read(self, path: Path, options: FitOptions, device: torch.device) -> PointCloud:
         return read_point_cloud(path)
@@ -279,7 +296,8 @@ class SdfFromPoints(Method):
 
     def prepare(self, run: FitRun, data: PointCloud) -> ScanData:
         config = run.config
-        return prepare_scan(data, config["normals"], run.device, run.source, config["denoise"], config["outliers"])
+        return prepare_scan(data, config["normals"], run.device, run.source, config["denoise"], config["outliers"],
+                            preparation_deadline(run))
 
     def tune(self, run: FitRun) -> None:
         if run.data.noise_ratio < CLEAN_NOISE:
@@ -300,8 +318,11 @@ class SdfFromPoints(Method):
 
     def train_records(self, run: FitRun) -> dict[str, Any]:
         scan: ScanData = run.data
+        # Points as read (--resume compares it); duplicates only when there were any.
+        duplicates = {"duplicates_dropped": scan.duplicates_dropped} if scan.duplicates_dropped else {}
         return {
-            "points": int(scan.points.shape[0]) + scan.outliers_dropped,  # as read: --resume compares it
+            "points": int(scan.points.shape[0]) + scan.outliers_dropped + scan.duplicates_dropped,
+            **duplicates,
             "outliers_dropped": scan.outliers_dropped,
             "normals": scan.origin,
             "noise_ratio": round(scan.noise_ratio, 4),
@@ -311,6 +332,12 @@ class SdfFromPoints(Method):
 
     def extras(self, run: FitRun) -> dict[str, Any]:
         return {"support": {key: torch.from_numpy(value) for key, value in run.data.support.items()}}
+
+
+def preparation_deadline(run: FitRun) -> float | None:
+    """When preparation must have ended: ``--max-seconds`` after it starts (time.monotonic()), or None."""
+    seconds = run.config["settings"].max_seconds
+    return None if seconds is None else time.monotonic() + float(seconds)
 
 
 def fit_sdf(cloud: PointCloud, options: SDFOptions, output: str | Path, device: torch.device,

@@ -7,7 +7,9 @@ x_world = s · x_field + t), ``bounds`` (2×3 box in field coordinates holding t
 voxel-thinned copy of the scan, ``points`` (M,3) and ``radius`` (M,) float16 in field coordinates, with
 which extraction drops closed pieces no scan point is near; see recon3d.mesh.support) and, while
 training is unfinished, ``resume`` (optimiser and RNG state). A stranger's file cannot run code: torch's weights-only
-unpickler refuses anything but tensors and plain containers.
+unpickler refuses anything but tensors and plain containers; nor can it exhaust memory or crash a
+command: its declared size is checked before loading and its content against the schema after
+(recon3d.io.schema), before any network is built.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from recon3d.errors import InputError
 from recon3d.fields import FIELDS
 from recon3d.io.atomic import atomic_open
 from recon3d.io.pointcloud import require_file
+from recon3d.io.schema import FORMAT, REQUIRED_KEYS, check_archive, validate_checkpoint
 
-FORMAT = "recon3d"
+__all__ = ["FORMAT", "KINDS", "REQUIRED_KEYS", "VERSION", "load_checkpoint", "save_checkpoint"]
+
 VERSION = 1
 #: The field kinds a checkpoint may hold: those recon3d.fields can rebuild.
 KINDS = tuple(FIELDS)
-REQUIRED_KEYS = ("format", "version", "kind", "level", "field", "state_dict", "to_world", "bounds", "train")
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -45,28 +48,25 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
 
 
 def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
-    """Load and check a checkpoint; refuse pickled code, other formats, newer versions, wrong kinds."""
+    """Load and check a checkpoint: refuse pickled code, other formats, newer versions, wrong kinds,
+    archives declaring too much data, and anything the schema (recon3d.io.schema) does not allow."""
     path = require_file(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    check_archive(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         if found is None and "load key" in str(exc):
             raise InputError(f"{path}: not a recon3d checkpoint (not a torch file)") from exc
-        what = f"it asks for {found.group(1)}" if found else "it holds objects other than plain data"
+        what = f"it asks for {found.group(1)[:80]}" if found else "it holds objects other than plain data"
         raise InputError(f"{path}: refused to load: {what}; a recon3d checkpoint holds only tensors "
                          "and plain values (nothing was executed)") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise InputError(f"{path}: not a readable checkpoint (truncated or not a torch file)") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"{path}: not a recon3d checkpoint")
-    version = data.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise InputError(f"{path}: checkpoint format version {version} is newer than this recon3d "
-                         f"understands ({VERSION}); upgrade recon3d")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise InputError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    if data["kind"] not in kinds:
-        raise InputError(f"{path}: holds a {data['kind']} field; this command needs {' or '.join(kinds)}")
-    return data
+    except (MemoryError, RecursionError) as exc:
+        raise InputError(f"{path}: not a loadable checkpoint ({type(exc).__name__} while unpickling)") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a crafted pickle provokes in the unpickler: one line
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__} while unpickling)") from exc
+    return validate_checkpoint(data, path, VERSION, kinds)

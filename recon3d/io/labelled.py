@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recon3d.errors import InputError
+from recon3d.errors import InputError, one_line
 from recon3d.io.atomic import atomic_open
-from recon3d.io.pointcloud import require_file
+from recon3d.io.pointcloud import check_npz, require_file
+
+_KEYS = ("points", "occupancies", "loc", "scale")
 
 
 @dataclass
@@ -33,25 +35,28 @@ class LabelledPoints:
 def read_labelled_points(path: str | os.PathLike) -> LabelledPoints:
     """Read ONet's points.npz; packed or plain occupancies; loc/scale applied."""
     path = require_file(path)
+    check_npz(path, _KEYS)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npz archive ({exc})") from exc
+            arrays = {key: archive[key] for key in archive.files if key in _KEYS}
+            files = list(archive.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as exc:
+        raise InputError(f"{path}: not a readable .npz archive ({one_line(str(exc))[:160]})") from exc
     if "points" not in arrays:
-        raise InputError(f"{path}: no 'points' array (keys: {', '.join(sorted(arrays)) or 'none'})")
+        raise InputError(f"{path}: no 'points' array (keys: {', '.join(sorted(files)) or 'none'})")
     if "occupancies" not in arrays:
         raise InputError(f"{path}: no 'occupancies' array; a point cloud without labels needs fit-sdf")
-    points = np.asarray(arrays["points"])
+    points = _numbers(path, arrays["points"], "points")
     if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] == 0:
         raise InputError(f"{path}: 'points' must be a non-empty (N, 3) array, got shape {points.shape}")
-    points = points.astype(np.float64)
     occupancies = _occupancies(path, np.asarray(arrays["occupancies"]), len(points))
-    scale = float(np.asarray(arrays.get("scale", 1.0)).reshape(-1)[0])
-    loc = np.asarray(arrays.get("loc", np.zeros(3)), dtype=np.float64).reshape(-1)
+    scale_values = _numbers(path, arrays.get("scale", np.ones(1)), "scale").reshape(-1)
+    loc = _numbers(path, arrays.get("loc", np.zeros(3)), "loc").reshape(-1)
+    scale = float(scale_values[0]) if scale_values.size else float("nan")
     if loc.shape != (3,) or not np.isfinite(loc).all() or not (np.isfinite(scale) and scale > 0):
         raise InputError(f"{path}: 'loc' must be 3 finite numbers and 'scale' a positive number")
-    points = points * scale + loc
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = points * scale + loc
     finite = np.isfinite(points).all(axis=1)
     if not finite.all():
         points, occupancies = points[finite], occupancies[finite]
@@ -64,7 +69,17 @@ def read_labelled_points(path: str | os.PathLike) -> LabelledPoints:
     return LabelledPoints(points, occupancies)
 
 
+def _numbers(path: Path, array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` as float64, or one InputError when it does not hold real numbers (complex, strings)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: '{name}' holds {array.dtype} values, not real numbers")
+    return array.astype(np.float64)
+
+
 def _occupancies(path: Path, raw: np.ndarray, n: int) -> np.ndarray:
+    if raw.dtype.kind not in "biuf":
+        raise InputError(f"{path}: 'occupancies' holds {raw.dtype} values, not 0/1 or booleans")
     raw = raw.reshape(-1)
     if raw.size == n:
         if raw.dtype != bool and not np.isin(raw, (0, 1)).all():

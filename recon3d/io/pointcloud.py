@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +23,24 @@ import numpy as np
 from recon3d.console import warn
 from recon3d.errors import InputError, Recon3dError, one_line
 from recon3d.io.atomic import atomic_open
+from recon3d.memory import check_memory, format_bytes
 from recon3d.types import PointCloud
 
 POINT_CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".pts", ".txt", ".obj", ".off", ".npz")
 
 _Arrays = tuple[np.ndarray, np.ndarray | None]
 
-#: Text formats: ``%.9g`` round-trips float32 exactly.
+#: Text formats: ``%.9g`` round-trips float32 exactly; ``%.17g`` float64, used when 9 digits would move
+#: points by more than PRECISION of the cloud's extent (georeferenced coordinates).
 _FLOAT_FMT = "%.9g"
+_EXACT_FMT = "%.17g"
+#: Largest rounding error of a written coordinate, as a fraction of the data's extent, before a writer
+#: switches from float32 (or 9 digits) to float64 (or 17 digits).
+PRECISION = 1e-6
+#: Most bytes an npz may declare (all arrays, uncompressed) or a PCD's compressed block may unpack to.
+MAX_DECLARED_BYTES = 2 << 30
+#: liblzf's best case: a 3-byte back-reference copies 264 bytes.
+_LZF_MAX_RATIO = 88
 _COMMENT_PREFIXES = ("#", "//")
 _NORMAL_NAMES = ("nx", "ny", "nz")
 
@@ -37,15 +49,34 @@ _NORMAL_NAMES = ("nx", "ny", "nz")
 
 
 def require_file(path: str | os.PathLike) -> Path:
-    """Return ``path`` as a Path if it names a non-empty regular file, else raise InputError."""
+    """Return ``path`` as a Path if it names a non-empty regular file, else raise InputError.
+
+    A FIFO, device or socket is refused before it is opened: reading one could block forever.
+    """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory (a folder), not a file")
+    label = str(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read ({exc.strerror or _describe(exc)})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{label}: is a directory (a folder), not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{label}: is not a regular file (a {_file_kind(mode)}); recon3d reads only regular "
+                         "files, which cannot block")
     if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
+        raise InputError(f"{label}: file is empty")
     return path
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO or pipe"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _describe(exc: BaseException) -> str:
@@ -54,9 +85,19 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _real(path: Path, array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` as float64, or one InputError when it does not hold real numbers (complex, strings)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: '{name}' holds {array.dtype} values, not real numbers")
+    return array.astype(np.float64, copy=False)
+
+
 def _finish(path: Path, points: np.ndarray, normals: np.ndarray | None) -> PointCloud:
     """Checks shared by every format: (N, 3) shape, drop non-finite rows, clean up normals."""
-    points = np.asarray(points, dtype=np.float64)
+    points = _real(path, points, "points")
+    if normals is not None:
+        normals = _real(path, normals, "normals")
     if points.ndim != 2 or points.shape[1] != 3:
         raise InputError(f"{path}: expected (N, 3) points, got an array of shape {points.shape}")
     total = len(points)
@@ -133,6 +174,7 @@ def _read_ply(path: Path) -> _Arrays:
     data = path.read_bytes()
     header, body_start = _split_ply_header(path, data)
     fmt, elements = _parse_ply_header(path, header)
+    check_ply_counts(path, fmt, elements, len(data) - body_start)
     vertex = next((e for e in elements if e.name == "vertex"), None)
     if vertex is None:
         raise InputError(f"{path}: PLY file has no 'vertex' element")
@@ -183,6 +225,26 @@ def _parse_ply_header(path: Path, lines: list[str]) -> tuple[str, list[_PlyEleme
     if fmt is None:
         raise InputError(f"{path}: malformed PLY header: no valid 'format' line")
     return fmt, elements
+
+
+def check_ply_counts(path: Path, fmt: str, elements: list[_PlyElement], body_bytes: int) -> None:
+    """Refuse element counts the data cannot hold, before anything is allocated for them.
+
+    Each binary row takes at least its scalars and list-length prefixes; each ASCII value at least one
+    character and a separator. A header declaring 10¹² vertices in a small file is truncated, not a
+    request for terabytes.
+    """
+    need = 0
+    for element in elements:
+        if fmt == "ascii":
+            row = 2 * len(element.properties)
+        else:
+            row = sum(np.dtype(p.count_dtype or p.dtype).itemsize for p in element.properties)
+        need += element.count * row
+        if need - 1 > body_bytes:
+            what = "vertices" if element.name == "vertex" else element.name + "s"
+            most = max(0, body_bytes - (need - element.count * row)) // max(row, 1)
+            raise _truncated(path, element.count, min(most, element.count), what)
 
 
 def _ply_wanted(path: Path, vertex: _PlyElement) -> list[str]:
@@ -445,10 +507,14 @@ def _pcd_compressed_columns(path: Path, body: bytes, header: _PcdHeader) -> dict
             f"{path}: truncated: header says {packed} compressed bytes but the file holds only "
             f"{len(body) - 8}"
         )
-    raw = lzf_decompress(body[8 : 8 + packed], unpacked)
     row_size = sum(dtype.itemsize for dtype in header.dtypes)
-    if len(raw) < row_size * header.points:
-        raise _truncated(path, header.points, len(raw) // row_size, "points")
+    if unpacked < row_size * header.points:
+        raise _truncated(path, header.points, unpacked // max(row_size, 1), "points")
+    if unpacked > _LZF_MAX_RATIO * packed + 64:
+        raise InputError(f"{path}: binary_compressed PCD data declares {unpacked} bytes from {packed} compressed "
+                         "bytes, more than LZF can expand to")
+    _check_declared(path, unpacked, "the compressed PCD data")
+    raw = lzf_decompress(body[8 : 8 + packed], unpacked)
     columns: dict[str, np.ndarray] = {}
     offset = 0
     for name, dtype in zip(header.fields, header.dtypes):
@@ -468,6 +534,8 @@ def lzf_decompress(data: bytes, size: int) -> bytes:
     out = bytearray()
     pos, end = 0, len(data)
     while pos < end:
+        if len(out) > size:  # never grow past what was declared (and checked against memory)
+            break
         ctrl = data[pos]
         pos += 1
         if ctrl < 32:
@@ -568,8 +636,49 @@ def _read_off(path: Path) -> _Arrays:
     return table[:, :3], (table[:, 3:6] if has_normals else None)
 
 
+def _check_declared(path: Path, size: int, what: str) -> None:
+    """A size a file declares (before inflating it) against MAX_DECLARED_BYTES and the free memory."""
+    if size > MAX_DECLARED_BYTES:
+        raise InputError(f"{path}: {what} declares {format_bytes(size)} uncompressed, more than the "
+                         f"{format_bytes(MAX_DECLARED_BYTES)} recon3d reads from one file")
+    check_memory(size, f"{path}: {what} ({format_bytes(size)} uncompressed)", "free memory or split the file")
+
+
+def check_npz(path: Path, keys: tuple[str, ...]) -> None:
+    """Check the arrays ``keys`` of an npz before any is inflated: the sizes the zip directory declares
+    (against MAX_DECLARED_BYTES and the free memory), and each array's header against its member's size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if info.filename[:-4] in keys
+                       and info.filename.endswith(".npy")]
+            _check_declared(path, sum(info.file_size for info in members), "the npz archive")
+            for info in members:
+                with archive.open(info) as handle:
+                    _check_npy_header(path, info, handle)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError, OSError,
+            ValueError, struct.error) as exc:
+        raise InputError(f"{path}: not a readable .npz archive ({_describe(exc)})") from None
+
+
+def _check_npy_header(path: Path, info: zipfile.ZipInfo, handle) -> None:
+    """An array member must not declare more data than its (already checked) uncompressed size."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        reader = readers.get(np.lib.format.read_magic(handle))
+        if reader is None:
+            return
+        shape, _, dtype = reader(handle)
+    except (ValueError, TypeError, OSError, EOFError, SyntaxError):
+        return  # np.load reports a malformed member itself
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > info.file_size:
+        raise InputError(f"{path}: array '{info.filename[:-4]}' declares shape {tuple(shape)} ({format_bytes(need)}) "
+                         f"but holds only {format_bytes(info.file_size)}")
+
+
 def _read_npz(path: Path) -> _Arrays:
     """Occupancy Networks ``pointcloud.npz``: ``points`` (or ``xyz``), optional ``normals``."""
+    check_npz(path, ("points", "xyz", "normals"))
     with np.load(path, allow_pickle=False) as archive:
         key = next((k for k in ("points", "xyz") if k in archive.files), None)
         if key is None:
@@ -607,7 +716,8 @@ def read_point_cloud(path: str | os.PathLike) -> PointCloud:
             f"(supported: {', '.join(POINT_CLOUD_EXTENSIONS)})"
         )
     try:
-        points, normals = _READERS[ext](path)
+        with np.errstate(all="ignore"):  # overflowing or invalid values are dropped below, with a count
+            points, normals = _READERS[ext](path)
     except Recon3dError:
         raise
     except OSError as exc:
@@ -620,11 +730,40 @@ def read_point_cloud(path: str | os.PathLike) -> PointCloud:
 # --------------------------------------------------------------------------------------- writing
 
 
-def _text_rows(rows: np.ndarray, prefix: str = "") -> bytes:
-    """Format a float table as text lines, one ``%``-operation for all rows (fast)."""
+def _extent(points: np.ndarray) -> float:
+    return float(np.ptp(points, axis=0).max()) if len(points) else 0.0
+
+
+def needs_float64(points: np.ndarray) -> bool:
+    """Whether float32 would move some coordinate by more than PRECISION of the points' extent
+    (coordinates far from the origin against the object's size, as georeferenced ones are)."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) == 0:
+        return False
+    error = float(np.abs(points - points.astype(np.float32).astype(np.float64)).max())
+    return error > PRECISION * _extent(points)
+
+
+def needs_17_digits(points: np.ndarray) -> bool:
+    """Whether 9 significant digits (``%.9g``) would move some coordinate by more than PRECISION of
+    the points' extent: the rounding bound of the largest magnitude against the extent."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) == 0:
+        return False
+    largest = float(np.abs(points).max())
+    if largest == 0:
+        return False
+    bound = 0.5 * 10.0 ** (np.floor(np.log10(largest)) - 8)
+    return bound > PRECISION * _extent(points)
+
+
+def _text_rows(rows: np.ndarray, prefix: str = "", exact_columns: int = 0) -> bytes:
+    """Format a float table as text lines, one ``%``-operation for all rows (fast); the first
+    ``exact_columns`` columns with 17 significant digits (float64 round trip), the rest with 9."""
     if len(rows) == 0:
         return b""
-    line = prefix + " ".join([_FLOAT_FMT] * rows.shape[1]) + "\n"
+    formats = [_EXACT_FMT] * exact_columns + [_FLOAT_FMT] * (rows.shape[1] - exact_columns)
+    line = prefix + " ".join(formats) + "\n"
     return ((line * len(rows)) % tuple(rows.ravel().tolist())).encode("ascii")
 
 
@@ -635,45 +774,67 @@ def _table(pc: PointCloud) -> np.ndarray:
     return np.hstack([pc.points, np.asarray(pc.normals, dtype=np.float64)])
 
 
+def _text_table(pc: PointCloud, prefix: str = "") -> bytes:
+    """Points (and normals) as text: 9 digits, or 17 for the points when 9 would lose precision."""
+    return _text_rows(_table(pc), prefix, 3 if needs_17_digits(pc.points) else 0)
+
+
+def _binary_rows(pc: PointCloud, wide: bool) -> bytes:
+    """Little-endian rows: x y z as float32, or float64 when ``wide``; normals float32."""
+    if not wide:
+        return _table(pc).astype("<f4").tobytes()
+    fields = [(name, "<f8") for name in "xyz"]
+    if pc.normals is not None:
+        fields += [(name, "<f4") for name in _NORMAL_NAMES]
+    rows = np.empty(len(pc), dtype=fields)
+    for i, axis in enumerate("xyz"):
+        rows[axis] = pc.points[:, i]
+        if pc.normals is not None:
+            rows[_NORMAL_NAMES[i]] = pc.normals[:, i]
+    return rows.tobytes()
+
+
 def _ply_bytes(pc: PointCloud, binary: bool) -> bytes:
     names = ["x", "y", "z", *(_NORMAL_NAMES if pc.normals is not None else ())]
+    wide = needs_float64(pc.points) if binary else needs_17_digits(pc.points)
     header = "ply\nformat {} 1.0\ncomment written by recon3d\nelement vertex {}\n{}end_header\n"
-    props = "".join(f"property float {n}\n" for n in names)
+    props = "".join(f"property {'double' if wide and n in 'xyz' else 'float'} {n}\n" for n in names)
     fmt = "binary_little_endian" if binary else "ascii"
     head = header.format(fmt, len(pc), props).encode("ascii")
-    table = _table(pc)
-    return head + (table.astype("<f4").tobytes() if binary else _text_rows(table))
+    return head + (_binary_rows(pc, wide) if binary else _text_table(pc))
 
 
 def _pcd_bytes(pc: PointCloud, binary: bool) -> bytes:
     names = ["x", "y", "z", *(_PCD_NORMALS if pc.normals is not None else ())]
     k = len(names)
+    wide = needs_float64(pc.points) if binary else needs_17_digits(pc.points)
+    sizes = ["8" if wide and i < 3 else "4" for i in range(k)]
     head = (
         "# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
-        f"FIELDS {' '.join(names)}\nSIZE {' '.join(['4'] * k)}\nTYPE {' '.join(['F'] * k)}\n"
+        f"FIELDS {' '.join(names)}\nSIZE {' '.join(sizes)}\nTYPE {' '.join(['F'] * k)}\n"
         f"COUNT {' '.join(['1'] * k)}\nWIDTH {len(pc)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\n"
         f"POINTS {len(pc)}\nDATA {'binary' if binary else 'ascii'}\n"
     ).encode("ascii")
-    table = _table(pc)
-    return head + (table.astype("<f4").tobytes() if binary else _text_rows(table))
+    return head + (_binary_rows(pc, wide) if binary else _text_table(pc))
 
 
 def _xyz_bytes(pc: PointCloud, binary: bool) -> bytes:
-    return _text_rows(_table(pc))
+    return _text_table(pc)
 
 
 def _pts_bytes(pc: PointCloud, binary: bool) -> bytes:
-    return f"{len(pc)}\n".encode("ascii") + _text_rows(_table(pc))
+    return f"{len(pc)}\n".encode("ascii") + _text_table(pc)
 
 
 def _obj_bytes(pc: PointCloud, binary: bool) -> bytes:
     normals = b"" if pc.normals is None else _text_rows(np.asarray(pc.normals), "vn ")
-    return _text_rows(np.asarray(pc.points), "v ") + normals
+    points = np.asarray(pc.points)
+    return _text_rows(points, "v ", 3 if needs_17_digits(points) else 0) + normals
 
 
 def _off_bytes(pc: PointCloud, binary: bool) -> bytes:
     keyword = "OFF" if pc.normals is None else "NOFF"
-    return f"{keyword}\n{len(pc)} 0 0\n".encode("ascii") + _text_rows(_table(pc))
+    return f"{keyword}\n{len(pc)} 0 0\n".encode("ascii") + _text_table(pc)
 
 
 def _npz_bytes(pc: PointCloud, binary: bool) -> bytes:
@@ -702,7 +863,9 @@ def write_point_cloud(path: str | os.PathLike, pc: PointCloud, binary: bool = Tr
 
     ``binary`` selects binary (little-endian float32) or ASCII for PLY and PCD; the other formats
     are text (``%.9g``, exact for float32) or, for NPZ, lossless float64 points and float32
-    normals. ``.pts`` files start with the point count line.
+    normals. Where float32 (or 9 digits) would move points by more than PRECISION of the cloud's
+    extent (georeferenced coordinates), points are written as float64 (or with 17 digits).
+    ``.pts`` files start with the point count line.
     """
     path = Path(path)
     writer = _WRITERS.get(path.suffix.lower())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recon3d.errors import InputError
 from recon3d.io.labelled import LabelledPoints, read_labelled_points
-from recon3d.io.mesh import MESH_EXTENSIONS, read_mesh
+from recon3d.io.mesh import MESH_EXTENSIONS, SideFileError, read_mesh
 from recon3d.io.pointcloud import POINT_CLOUD_EXTENSIONS, read_point_cloud, require_file
 from recon3d.types import PointCloud, TriMesh
 
@@ -20,6 +20,8 @@ def read_shape(path: str | os.PathLike) -> TriMesh | PointCloud:
     if ext in MESH_EXTENSIONS and _may_have_faces(path):
         try:
             return read_mesh(path)
+        except SideFileError:
+            raise
         except InputError:
             if ext not in POINT_CLOUD_EXTENSIONS:
                 raise

@@ -22,6 +22,7 @@ from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
 from recon3d.fields.gradient import autograd_gradient
 from recon3d.fields.surface import FieldFn, Surface
+from recon3d.memory import check_memory, format_bytes
 from recon3d.mesh import cubes, marching
 from recon3d.mesh.grid import Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
 from recon3d.mesh.support import supported_faces
@@ -35,6 +36,19 @@ MARCHING = ("table", "lewiner")
 RESOLUTIONS = (8, 4096)
 MAX_REFINE = 10
 _DIFF_STEP = 0.5  # central-difference step in cells, used when the field is not differentiable
+#: Memory estimate (recon3d.memory): peak bytes per cell of a typical surface (sparse refinement, blocks,
+#: marching cubes, the mesh and its normals), the surface of a closed shape filling its box taken as
+#: xy + yz + zx cells; bytes per lattice vertex of a dense evaluation; bytes per point of a chunk besides
+#: the field's own; and the field's bytes per point (evaluation, gradient) when it has no config.
+SURFACE_CELL_BYTES = 1200
+DENSE_VERTEX_BYTES = 10
+SAMPLER_POINT_BYTES = 64
+DEFAULT_POINT_BYTES = (256.0, 1024.0)
+#: Before marching cubes: surface cells per block of 8³ on average, the triangulation's bytes per cell of a
+#: batch, and the mesh's bytes per surface cell (vertices, faces, normals, the copy in the input's units).
+ACTIVE_CELLS_PER_BLOCK = 128
+TRIANGULATE_CELL_BYTES = 1024
+MESH_CELL_BYTES = 200
 
 
 @dataclass
@@ -94,6 +108,52 @@ class ExtractResult:
     dropped: int = 0  # closed pieces dropped for lack of data support
 
 
+def estimate_bytes(lattice: Lattice, options: ExtractOptions,
+                   point_bytes: tuple[float, float] = DEFAULT_POINT_BYTES) -> tuple[float, float]:
+    """Rough peak memory of an extraction: (bytes that grow with the resolution, bytes of one chunk).
+
+    ``point_bytes``: the field's bytes per point without and with autograd (recon3d.memory.field_point_bytes).
+    """
+    cx, cy, cz = lattice.cells
+    vertices = (cx + 1) * (cy + 1) * (cz + 1)
+    grid = float(cx * cy + cy * cz + cz * cx) * SURFACE_CELL_BYTES
+    if options.method == "dense":
+        grid += float(vertices) * DENSE_VERTEX_BYTES
+    surface = cx * cy + cy * cz + cz * cx
+    chunk = float(min(int(options.chunk), vertices)) * (point_bytes[0] + SAMPLER_POINT_BYTES)
+    if options.normals == "field" or options.refine:  # gradients at the mesh's vertices, about one per surface cell
+        chunk = max(chunk, float(min(int(options.chunk), surface)) * (point_bytes[1] + SAMPLER_POINT_BYTES))
+    return grid, chunk
+
+
+def check_extraction_memory(lattice: Lattice, options: ExtractOptions, device: torch.device | str,
+                            point_bytes: tuple[float, float] = DEFAULT_POINT_BYTES) -> None:
+    """Refuse, before any evaluation, an extraction whose estimated memory exceeds what ``device`` has,
+    naming the options that reduce it."""
+    grid, chunk = estimate_bytes(lattice, options, point_bytes)
+    resolution = max(lattice.cells)
+    remedy = "use a smaller --resolution" + (" or --method mise" if options.method == "dense" else "")
+    if chunk > grid:
+        per_point = format_bytes(point_bytes[0])
+        remedy = f"use a smaller --chunk (the field takes about {per_point} per point) or --resolution"
+    check_memory(grid + chunk, f"extraction at --resolution {resolution} with --chunk {int(options.chunk)}", remedy,
+                 device)
+
+
+def check_triangulation_memory(blocks: int, resolution: int, device: torch.device | str) -> None:
+    """Before marching cubes: its batches (at most cubes.BATCH_CELLS cells) and the mesh, from the number of
+    blocks the surface passes through (ACTIVE_CELLS_PER_BLOCK of their cells on average)."""
+    active = blocks * ACTIVE_CELLS_PER_BLOCK
+    need = min(active, cubes.BATCH_CELLS) * TRIANGULATE_CELL_BYTES + active * MESH_CELL_BYTES
+    check_memory(need, f"extraction at --resolution {resolution}", "use a smaller --resolution", device)
+
+
+def _allocation_failure(exc: BaseException) -> bool:
+    """torch's CPU allocator reports exhausted memory as a RuntimeError."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text
+
+
 def extract_mesh(
     surface: Surface,
     bounds: np.ndarray,
@@ -101,6 +161,7 @@ def extract_mesh(
     device: str | torch.device = "cpu",
     support: dict[str, np.ndarray] | None = None,
     progress: ProgressFn | None = None,
+    point_bytes: tuple[float, float] | None = None,
 ) -> ExtractResult:
     """Extract the closed surface of ``surface`` inside ``bounds`` (a (2, 3) box, field coordinates).
 
@@ -108,15 +169,28 @@ def extract_mesh(
     ``options.chunk`` points per call; a ``surface.lipschitz`` bound (1 for a true SDF) makes the
     coarse-to-fine culling exact. ``support`` (see :mod:`recon3d.mesh.support`, field coordinates)
     drops closed pieces that no data point is near. ``progress`` is called as ``progress(stage, fraction)``.
+    ``point_bytes``: the field's memory per point (evaluation, gradient) for the up-front memory check.
     """
-    start = time.perf_counter()
     options = options or ExtractOptions()
     options.validate()
+    resolution = int(options.resolution or default_resolution(device))
+    lattice = Lattice.from_bounds(bounds, resolution)
+    check_extraction_memory(lattice, options, device, point_bytes or DEFAULT_POINT_BYTES)
+    try:
+        return _extract(surface, lattice, options, device, support, progress)
+    except (RuntimeError, MemoryError) as exc:
+        if not _allocation_failure(exc):
+            raise
+        raise Recon3dError(f"extraction at --resolution {resolution} ran out of memory; use a smaller --resolution "
+                           "or --chunk") from None
+
+
+def _extract(surface: Surface, lattice: Lattice, options: ExtractOptions, device: str | torch.device,
+             support: dict[str, np.ndarray] | None, progress: ProgressFn | None) -> ExtractResult:
+    start = time.perf_counter()
     lipschitz = surface.lipschitz
     if lipschitz is not None and not (np.isfinite(lipschitz) and lipschitz > 0):
         raise Recon3dError(f"lipschitz must be a positive number, got {lipschitz}")
-    resolution = int(options.resolution or default_resolution(device))
-    lattice = Lattice.from_bounds(bounds, resolution)
     sampler = Sampler(surface.function, lattice, float(surface.level), _INSIDE[surface.inside], int(options.chunk),
                       torch.device(device))
     seconds: dict[str, float] = {}
@@ -126,6 +200,7 @@ def extract_mesh(
         else:
             sampled = sample_sparse(sampler, lipschitz, progress)
     lattice_queries = sampler.queries
+    check_triangulation_memory(len(sampled.origins), max(lattice.cells), device)
     with _timed(seconds, "marching_cubes"):
         if options.marching_cubes == "table":
             verts, faces = cubes.triangulate(sampled.values, sampled.origins, sampled.dims())

@@ -11,6 +11,7 @@ import torch
 from recon3d.device import MIN_CHUNK, map_in_chunks
 from recon3d.fields import build_field
 from recon3d.fields.surface import Surface
+from recon3d.memory import field_point_bytes
 from recon3d.mesh.extract import ExtractOptions, extract_mesh
 from recon3d.types import TriMesh
 
@@ -69,8 +70,9 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     field = load_field(checkpoint, device)
     surface = field.surface(options.level)
     support = data_support(checkpoint, surface, field.surface().level, options)
+    point_bytes = (field_point_bytes(checkpoint["field"], "eval"), field_point_bytes(checkpoint["field"], "gradient"))
     result = extract_mesh(surface, np.asarray(checkpoint["bounds"], dtype=np.float64), options, device,
-                          support=support, progress=progress)
+                          support=support, progress=progress, point_bytes=point_bytes)
     mesh = result.mesh
     if surface.colors is not None and mesh.n_vertices:
         mesh.vertex_colors = vertex_colors(surface, mesh.vertices, device, options.chunk)

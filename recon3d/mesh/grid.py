@@ -31,6 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from recon3d.device import map_in_chunks
 from recon3d.errors import Recon3dError
 from recon3d.fields.surface import FieldFn
+from recon3d.memory import check_memory
 
 ProgressFn = Callable[[str, float], None]
 
@@ -39,6 +40,8 @@ COARSE_CELLS = 32  # the coarsest sparse level has 32..63 cells on the longest a
 BLOCK = 8  # cells per block edge: small blocks mean fewer extra queries; 8 keeps per-call overhead minor
 LIPSCHITZ_SLACK = 1.01  # float tolerance on the Lipschitz culling bound
 NUDGE = 1e-6  # relative nudge of values exactly at the level, toward outside (no zero-area faces)
+REFINE_PARENT_BYTES = 27 * 100  # peak bytes per cell split by a refinement level (27 sub-vertices)
+BLOCK_VERTEX_BYTES = 100  # peak bytes per vertex of a block evaluated whole (keys, indices, values)
 
 _CORNERS = list(product((0, 1), repeat=3))
 _SUB_VERTICES = list(product((0, 1, 2), repeat=3))  # a cell's 27 vertices one level finer
@@ -212,9 +215,14 @@ def sample_sparse(
     for level in range(1, levels):
         _report(progress, "evaluate", level / levels)
         parents = surface if lipschitz is not None else _dilate(surface, [c // stride for c in cells])
+        # The surface found so far tells the memory of the next level better than any up-front estimate.
+        check_memory(int(parents.shape[0]) * REFINE_PARENT_BYTES, f"extraction at --resolution {max(lattice.cells)}",
+                     "use a smaller --resolution", sampler.device)
         stride //= 2
         surface, store = _refine(sampler, codec, store, parents, stride, _threshold(lattice, lipschitz, stride))
     seeds = _unique_cells((surface * stride) // block, [c // block for c in cells])
+    check_memory(int(seeds.shape[0]) * (block + 1) ** 3 * BLOCK_VERTEX_BYTES,
+                 f"extraction at --resolution {max(lattice.cells)}", "use a smaller --resolution", sampler.device)
     result = _close_blocks(sampler, codec, store, seeds, block)
     _report(progress, "evaluate", 1.0)
     return result

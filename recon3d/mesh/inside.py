@@ -16,6 +16,7 @@ Coordinates are centred and kept in float64, so labels do not depend on where th
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,10 @@ PAIR_BUDGET = {"cpu": 1 << 20, "cuda": 1 << 24}
 #: (already small) solid angle.
 CLUSTER = 32
 FAR_RADII = 3.0
+#: Ray-parity buckets: (triangle, bucket) entries allowed per triangle (at least MIN_GRID_ENTRIES in all)
+#: before the bucket grid is made coarser.
+GRID_ENTRIES_PER_FACE = 64
+MIN_GRID_ENTRIES = 1 << 22
 
 
 def _budget(device: torch.device) -> int:
@@ -59,11 +64,17 @@ class RayParity:
         origin, top = lo.min(axis=0), hi.max(axis=0)
         self.size = int(np.clip(np.sqrt(len(faces)), 1, 1024))
         extent = top - origin
-        cell = np.where(extent > 0, extent / self.size, 1.0)
-        first = np.clip(np.floor((lo - origin) / cell), 0, self.size - 1).astype(np.int64)
-        last = np.clip(np.floor((hi - origin) / cell), 0, self.size - 1).astype(np.int64)
-        span = last - first + 1
-        per_triangle = span[:, 0] * span[:, 1]
+        budget = max(GRID_ENTRIES_PER_FACE * len(faces), MIN_GRID_ENTRIES)
+        while True:  # large triangles fill many buckets: a coarser grid bounds the memory (labels are exact anyway)
+            cell = np.where(extent > 0, extent / self.size, 1.0)
+            first = np.clip(np.floor((lo - origin) / cell), 0, self.size - 1).astype(np.int64)
+            last = np.clip(np.floor((hi - origin) / cell), 0, self.size - 1).astype(np.int64)
+            span = last - first + 1
+            per_triangle = span[:, 0] * span[:, 1]
+            entries = int(per_triangle.sum())
+            if entries <= budget or self.size == 1:
+                break
+            self.size = max(1, min(self.size - 1, int(self.size * math.sqrt(budget / entries))))
         triangle = np.repeat(np.arange(len(faces)), per_triangle)
         local = np.arange(per_triangle.sum()) - np.repeat(np.cumsum(per_triangle) - per_triangle, per_triangle)
         row, column = first[triangle, 0] + local % span[triangle, 0], first[triangle, 1] + local // span[triangle, 0]
@@ -249,7 +260,8 @@ class EnclosedVolume:
     """
 
     def __init__(self, mesh: TriMesh, box: np.ndarray, resolution: int = 256,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> None:
+        """``progress(done, total)`` is called after each batch of surface samples (it may raise to stop)."""
         from scipy import ndimage
 
         self.device = torch.device(device)
@@ -260,10 +272,13 @@ class EnclosedVolume:
         shell = np.zeros(self.shape, dtype=bool)
         vertices = np.asarray(mesh.vertices, dtype=np.float64)
         faces = np.asarray(mesh.faces, dtype=np.int64)
-        for points in _surface_samples(vertices, faces, self.cell / 3.0):
+        batches = _surface_batches(vertices, faces, self.cell / 3.0)
+        for done, points in enumerate(_surface_samples(vertices, faces, self.cell / 3.0), start=1):
             ijk = np.floor((points - self.origin) / self.cell).astype(np.int64)
             ok = ((ijk >= 0) & (ijk < self.shape)).all(axis=1)
             shell[tuple(ijk[ok].T)] = True
+            if progress is not None:
+                progress(done, batches)
         labels, _ = ndimage.label(~shell)
         border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
                                            labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
@@ -283,12 +298,28 @@ class EnclosedVolume:
         return out
 
 
-def _surface_samples(vertices: np.ndarray, faces: np.ndarray, spacing: float, batch: int = 1 << 20):
-    """Points covering every triangle at about ``spacing`` (a barycentric lattice per triangle), in batches."""
+def _lattice_steps(vertices: np.ndarray, faces: np.ndarray, spacing: float) -> np.ndarray:
+    """Per triangle: the subdivisions of its barycentric lattice (longest edge / spacing, at least 1)."""
     tri = vertices[faces]
     edges = np.stack([np.linalg.norm(tri[:, 1] - tri[:, 0], axis=1), np.linalg.norm(tri[:, 2] - tri[:, 1], axis=1),
                       np.linalg.norm(tri[:, 0] - tri[:, 2], axis=1)], axis=1)
-    steps = np.maximum(np.ceil(edges.max(axis=1) / spacing).astype(np.int64), 1)
+    return np.maximum(np.ceil(edges.max(axis=1) / spacing).astype(np.int64), 1)
+
+
+def _surface_batches(vertices: np.ndarray, faces: np.ndarray, spacing: float, batch: int = 1 << 20) -> int:
+    """How many batches :func:`_surface_samples` yields (for progress)."""
+    steps = _lattice_steps(vertices, faces, spacing)
+    total = 0
+    for n, count in zip(*np.unique(steps, return_counts=True)):
+        per = max(1, batch // int((n + 1) * (n + 2) // 2))
+        total += -(-int(count) // per)
+    return total
+
+
+def _surface_samples(vertices: np.ndarray, faces: np.ndarray, spacing: float, batch: int = 1 << 20):
+    """Points covering every triangle at about ``spacing`` (a barycentric lattice per triangle), in batches."""
+    tri = vertices[faces]
+    steps = _lattice_steps(vertices, faces, spacing)
     for n in np.unique(steps):
         group = tri[steps == n]
         i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")

@@ -4,8 +4,9 @@ A hash-grid SDF has the capacity to follow noise that is large against the point
 set then wrinkles at the scale of the spacing. The measure is the RMS distance of each point's k
 neighbours to their best-fitting plane, divided by the distance to the k-th neighbour: about 0.01 on
 clean samples of smooth or CAD surfaces (only curvature contributes), about 0.1 on a real range scan,
-about 0.3 with Gaussian noise of 0.25 % of the diagonal on 200k points. Above a threshold, each point moves onto the least-squares plane of
-its neighbours (a one-step moving-least-squares projection), which averages the noise across the
+about 0.3 with Gaussian noise of 0.25 % of the diagonal on 200k points. Above a threshold, each point
+moves onto the least-squares plane of its neighbours (a one-step moving-least-squares projection),
+which averages the noise across the
 neighbourhood while keeping the surface where the samples are. The ratio is relative to the spacing,
 so a denser scan with the same noise comes out of one pass still noisy: ``smooth_until_quiet`` repeats
 while it is, the later passes onto quadrics, which do not pull points to the inside of a curve.

@@ -23,16 +23,22 @@ def isolated_points(points: np.ndarray, k: int = ISOLATION_NEIGHBOURS, factor: f
                     distances: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask (N,) of the isolated points (see the module); all False when nothing can be judged.
 
-    ``distances`` (N, k): each point's sorted neighbour distances, itself first, when already queried.
+    ``distances`` (N, k): each point's sorted neighbour distances, itself first, when already queried
+    (in other coordinates, such as float32 field coordinates). When most of them are zero although the
+    points differ, those coordinates have collapsed the points together (one stray point 10⁹ away shrinks
+    a unit object below float32's resolution), so the points are judged again in their own coordinates.
     """
     n = len(points)
     k = int(min(k, n))
     if k < 2:
         return np.zeros(n, dtype=bool)
+    given = distances is not None
     if distances is None:
         distances, _ = cKDTree(points).query(points, k=k, workers=-1)
     reach = distances[:, k - 1]
     typical = float(np.median(reach))
-    if not typical > 0:  # most points have k−1 duplicates: no spacing to compare with
+    if not typical > 0:  # most points coincide: judge in the points' own coordinates, else nothing to judge
+        if given:
+            return isolated_points(np.asarray(points, dtype=np.float64), k, factor)
         return np.zeros(n, dtype=bool)
     return reach > factor * typical

@@ -1,8 +1,9 @@
-"""Preparing a raw scan for a surface fit, in named stages: check, normalise, leave out isolated
-points, smooth noise, choose or estimate normals. Numpy in, numpy out, in field coordinates.
+"""Preparing a raw scan for a surface fit, in named stages: check, collapse duplicates, normalise, leave
+out isolated points, smooth noise, choose or estimate normals. Numpy in, numpy out, in field coordinates.
 
 Each stage is a plain function; :func:`clean_scan` runs them in order and shares one neighbour
-query between the isolation test and the normals when no point leaves or moves.
+query between the isolation test and the normals when no point leaves or moves. A deadline (from
+``--max-seconds``) is checked between stages.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import torch
 from scipy.spatial import cKDTree
 
 from recon3d.console import info, warn
-from recon3d.errors import InputError
+from recon3d.errors import InputError, Recon3dError
+from recon3d.memory import check_memory
 from recon3d.points.denoise import NOISE_THRESHOLD, noise_ratio, smooth_until_quiet
+from recon3d.points.duplicates import first_occurrences
 from recon3d.points.normalize import fit_normalization, to_field
 from recon3d.points.normals import NEIGHBOURS, neighbourhood, orient_normals, pca_normals, sign_disagreement
 from recon3d.points.outliers import ISOLATION_FACTOR, ISOLATION_NEIGHBOURS, isolated_points
@@ -38,6 +41,8 @@ SMOOTH_NEIGHBOURS = 64
 #: points to the inside of curves.
 SMOOTH_PASSES = ("plane", "quadric", "quadric")
 SMOOTH_REPEAT_ABOVE = 0.1
+#: Rough peak bytes per scan point of the preparation (neighbour queries, normals, smoothing).
+PREPARE_POINT_BYTES = 2048
 
 Query = tuple[np.ndarray, np.ndarray]  # (distances (N, k), neighbour ids (N, k)), self first
 
@@ -55,12 +60,44 @@ class CleanScan:
     denoised: bool = False
     smoothing_passes: int = 0
     outliers_dropped: int = 0
+    duplicates_dropped: int = 0
 
 
 def check_size(cloud: PointCloud, source: str) -> None:
     """Stage 1: enough points to fit a surface to."""
     if len(cloud) < MIN_POINTS:
         raise InputError(f"{source}: only {len(cloud)} points; at least {MIN_POINTS} are needed to fit a surface")
+
+
+def check_preparation_memory(cloud: PointCloud, source: str) -> None:
+    """The memory to prepare the (distinct) points: neighbour queries, normals, smoothing."""
+    check_memory(len(cloud) * PREPARE_POINT_BYTES, f"{source}: preparing {len(cloud):,} points",
+                 "thin the scan first (e.g. voxel downsampling)")
+
+
+def drop_duplicates(cloud: PointCloud, source: str) -> tuple[PointCloud, int]:
+    """Stage 2: collapse points at the same coordinates as an earlier point (the first one's normal is
+    kept), with a warning: neighbour queries degenerate on them (recon3d.points.duplicates)."""
+    keep = first_occurrences(cloud.points)
+    if keep is None:
+        return cloud, 0
+    dropped = len(cloud) - len(keep)
+    if len(keep) == 1:
+        raise InputError(f"{source}: all {len(cloud):,} points are identical; nothing to reconstruct")
+    cloud = PointCloud(cloud.points[keep], None if cloud.normals is None else cloud.normals[keep])
+    warn(f"{source}: collapsed {dropped:,} duplicate point{'s' if dropped > 1 else ''} (at the same coordinates as an "
+         "earlier point, such as a scanner's invalid returns at the origin); the first of each is kept")
+    if len(cloud) < MIN_POINTS:
+        raise InputError(f"{source}: only {len(cloud)} distinct points; at least {MIN_POINTS} are needed to fit a "
+                         "surface")
+    return cloud, dropped
+
+
+def check_deadline(deadline: float | None, source: str, stage: str) -> None:
+    """One clear error when preparation has run past ``deadline`` (a time.monotonic() value)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise Recon3dError(f"{source}: preparing the input did not finish within --max-seconds (still {stage}); "
+                           "nothing was trained: raise --max-seconds or thin the input")
 
 
 def normalise(cloud: PointCloud, source: str) -> tuple[dict, np.ndarray]:
@@ -89,6 +126,19 @@ def drop_isolated(cloud: PointCloud, distances: np.ndarray, source: str) -> tupl
         raise InputError(f"{source}: only {len(cloud)} points are not isolated; at least {MIN_POINTS} are "
                          "needed to fit a surface (--outliers keep uses them all)")
     return cloud, dropped
+
+
+def warn_if_collapsed(points: np.ndarray, source: str, query: Query | None) -> None:
+    """Most points at one position in the field's float32 coordinates: a few points far from the rest
+    (kept, or too many to count as isolated) set the scale and shrink the object below float32's resolution."""
+    if query is not None:
+        collapsed = not float(np.median(query[0][:, -1])) > 0
+    else:
+        keep = first_occurrences(points)
+        collapsed = keep is not None and len(keep) < 0.5 * len(points)
+    if collapsed:
+        warn(f"{source}: most points coincide in the field's coordinates: a few points far from the rest set the "
+             "scale and the object shrinks to nothing; leave the far points out (--outliers drop) or crop the scan")
 
 
 def warn_if_flat(points: np.ndarray, source: str) -> None:
@@ -144,11 +194,15 @@ def choose_normals(cloud: PointCloud, points: np.ndarray, origin: str, device: t
 
 
 def clean_scan(cloud: PointCloud, normals_mode: str, device: torch.device, source: str,
-               denoise: str = "auto", outliers: str = "drop") -> CleanScan:
-    """Every stage in order: the scan normalised without its isolated points, smoothed if it is noisy,
-    with the normals it has or estimated ones."""
+               denoise: str = "auto", outliers: str = "drop", deadline: float | None = None) -> CleanScan:
+    """Every stage in order: the scan without duplicate points, normalised without its isolated points,
+    smoothed if it is noisy, with the normals it has or estimated ones. ``deadline``: a time.monotonic()
+    value past which the next stage is not started (one clear error instead)."""
     check_size(cloud, source)
+    cloud, duplicates = drop_duplicates(cloud, source)
+    check_preparation_memory(cloud, source)
     to_world, points = normalise(cloud, source)
+    check_deadline(deadline, source, "looking for isolated points")
     # One k-nearest query serves the isolation test and, unless points leave or move, the normals.
     query: Query | None = nearest(points, max(NEIGHBOURS, ISOLATION_NEIGHBOURS))
     dropped = 0
@@ -157,14 +211,18 @@ def clean_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sourc
         if dropped:
             to_world, points = normalise(cloud, source)
             query = None
+    warn_if_collapsed(points, source, query)
     warn_if_flat(points, source)
+    check_deadline(deadline, source, "measuring the noise")
     start = time.perf_counter()
     points, ratio, after = smooth_if_noisy(points, denoise, device, source)
     smoothed = bool(after)
     if query is not None and not smoothed:
         query = (query[0][:, :NEIGHBOURS], query[1][:, :NEIGHBOURS])
+    check_deadline(deadline, source, "choosing normals")
     normals, origin, spacing = choose_normals(cloud, points, normal_origin(cloud, normals_mode), device, source,
                                               None if smoothed else query)
     info(f"{source}: {len(points):,} points, normals: {NORMAL_ORIGINS[origin]} ({time.perf_counter() - start:.1f} s)")
     return CleanScan(points=points, normals=normals, origin=origin, spacing=spacing, to_world=to_world,
-                     noise_ratio=ratio, denoised=smoothed, smoothing_passes=len(after), outliers_dropped=dropped)
+                     noise_ratio=ratio, denoised=smoothed, smoothing_passes=len(after), outliers_dropped=dropped,
+                     duplicates_dropped=duplicates)

@@ -10,6 +10,7 @@ unit length, so distances t along a ray are Euclidean. Every tensor follows the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -178,9 +179,12 @@ class RayBatch:
 class RaySampler:
     """Uniformly random pixels across all images of a split, as rays plus target colours.
 
-    The images stay where they are put (``device``), so on a GPU a batch costs no host transfer.
-    Batches depend only on the ``torch.Generator`` given to :meth:`sample`, which makes training
-    deterministic for a seed (on the same device type: CPU and CUDA generators differ).
+    The images stay where they are put (``device``), so on a GPU a batch costs no host transfer. They
+    may be stored compactly (uint8, as :class:`recon3d.io.scene.Scene` keeps 8-bit images): only the
+    drawn pixels are turned into floats, by ``decode`` ((B, C) stored -> (B, K) float targets; by
+    default uint8 / 255, floats as they are). Batches depend only on the ``torch.Generator`` given to
+    :meth:`sample`, which makes training deterministic for a seed (on the same device type: CPU and
+    CUDA generators differ).
     """
 
     def __init__(
@@ -193,9 +197,11 @@ class RaySampler:
         cy: Tensor,
         distortion: Tensor | None = None,
         device: torch.device | str | None = None,
+        decode: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         device = torch.device(device) if device is not None else images.device
-        self.images = images.to(device)  # (N, H, W, 3)
+        self.images = images.to(device)  # (N, H, W, C) as stored
+        self.decode = decode if decode is not None else _as_float
         self.c2w = c2w.to(device=device, dtype=torch.float32)
         self.fx, self.fy, self.cx, self.cy = (t.to(device) for t in (fx, fy, cx, cy))
         self.distortion = None if distortion is None else distortion.to(device)
@@ -204,9 +210,9 @@ class RaySampler:
 
     @classmethod
     def from_scene(cls, scene, device: torch.device | str | None = None) -> RaySampler:
-        """A sampler over every pixel of a :class:`recon3d.io.scene.Scene`."""
-        return cls(scene.images, scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy,
-                   scene.distortion, device=device)  # fmt: skip
+        """A sampler over every pixel of a :class:`recon3d.io.scene.Scene`, with its colours as targets."""
+        return cls(scene.pixels, scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy, scene.distortion,
+                   device=device, decode=lambda stored: scene.decode(stored)[0])  # fmt: skip
 
     def __len__(self) -> int:
         """The number of pixels (rays) to draw from."""
@@ -233,7 +239,16 @@ class RaySampler:
             distortion=None if self.distortion is None else self.distortion[i],
             pixels=pixels,
         )  # fmt: skip
-        return RayBatch(rays, self.images[i, v, u], image_indices, pixels)
+        return RayBatch(rays, self.decode(self.images[i, v, u]), image_indices, pixels)
+
+
+def _as_float(stored: Tensor) -> Tensor:
+    """Stored pixel values as float32 targets: uint8 / 255, floats unchanged."""
+    if stored.dtype == torch.uint8:
+        from recon3d.io.scene import unit_floats
+
+        return unit_floats(stored)
+    return stored
 
 
 # ------------------------------------------------------------------------------------ boxes
