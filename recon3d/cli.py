@@ -1,7 +1,19 @@
 """The recon3d command line: parse, validate, call the library, print.
 
-stdout carries results only (written paths, or one JSON object with --json); progress, logs and
-warnings go to stderr. Bad input ends with one ``error: …`` line and a non-zero exit code.
+stdout carries results only (written paths, or one JSON object with --json: strict JSON, NaN and
+infinities as null); progress, logs and warnings go to stderr. Bad input ends with one ``error: …``
+line and a non-zero exit code.
+
+Exit codes: 0 success (also ``--help``, ``--version`` and a bare ``recon3d``, which prints the help);
+1 any user error: bad input, an option value out of range, a usage error that click finds (an unknown
+option, ``--steps abc``, a missing argument; click's own convention would be 2, but here 2 means a bug),
+a refused or locked output, stdout closed or a broken pipe; 2 an internal error (a bug: please report
+it); 130 interrupted.
+
+Outputs (recon3d.io.atomic): an output is never an input of the same run (same path or same file through
+links); a symlink output is written through to its target; folders, FIFOs and devices are refused as
+outputs (``-o -`` writes a mesh to stdout); a fit, extract-mesh and demo hold a lock on each output, so a
+second run writing the same file is refused at once.
 
 Interruption: Ctrl-C (SIGINT) and SIGTERM are treated alike, and exit with 130 either way. During
 training (recon3d.fit.loop) the first one stops the run after the current step and a resumable
@@ -17,6 +29,7 @@ import errno
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -25,17 +38,65 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+import typer.core
 
 from recon3d import __version__
 from recon3d.console import error_line, info, set_quiet
 from recon3d.errors import Recon3dError
-
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Raw 3D observations to clean, watertight meshes with neural implicit fields.",
-)
+from recon3d.io.atomic import check_output, json_text, output_lock, protect_inputs
 
 EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 130
+#: click's usage errors (unknown option, not a number, missing argument): a user error like any other.
+EXIT_USAGE = EXIT_ERROR
+
+#: The exceptions of the click that typer runs on (recent typer vendors its own copy of click).
+_click_errors = sys.modules[typer.BadParameter.__module__]
+_NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
+_Abort = (typer.Abort, getattr(_click_errors, "Abort", typer.Abort))
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The app's click group: usage and parameter errors that click finds become one ``error: …`` line
+    (exit EXIT_USAGE) instead of a boxed usage panel, also under typer's CliRunner; help still prints."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:  # an embedding caller handles click's exceptions itself
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except _NoArgsIsHelp as exc:  # a bare ``recon3d``: the help, as --help
+            typer.echo(exc.ctx.get_help(), color=exc.ctx.color)
+            code = 0
+        except _click_errors.ClickException as exc:
+            code = _usage_error(exc)
+        except _Abort:
+            error_line("interrupted")
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    """Print a click error as one ``error:`` line (with where to find the command's help)."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    usage = isinstance(exc, _click_errors.UsageError)
+    if usage and ctx is not None:
+        names = []
+        while ctx.parent is not None:  # the subcommands, without the program (``python -m recon3d.cli``)
+            names.append(ctx.info_name)
+            ctx = ctx.parent
+        message = f"{message.rstrip('.')} (see {' '.join(['recon3d', *reversed(names)])} --help)"
+    error_line(message)
+    return EXIT_USAGE if usage else (exc.exit_code or EXIT_ERROR)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Raw 3D observations to clean, watertight meshes with neural implicit fields.",
+)
 
 DeviceOpt = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda[:N].")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object with the results on stdout.")
@@ -46,6 +107,14 @@ StepsOpt = typer.Option(None, "--steps", help="Step budget \\[default: the prese
 MaxSecondsOpt = typer.Option(None, "--max-seconds", help="Time budget for this run, seconds.")
 LrOpt = typer.Option(None, "--lr", help="Peak learning rate \\[default: the preset's].")
 AmpOpt = typer.Option(False, "--amp/--no-amp", help="bf16 mixed precision on GPU.")
+# Scene options (fit-nerf, and fit-sdf / fit-occupancy on a scene of posed images).
+DownscaleOpt = typer.Option(None, "--downscale", help="Scenes: shrink images by this integer factor at load "
+                                                      "\\[default: 1].")
+BackgroundOpt = typer.Option(None, "--white-background/--black-background",
+                             help="Scenes: the background RGBA images are composited on \\[default: white].")
+BoxOpt = typer.Option(None, "--box", metavar="XMIN,YMIN,ZMIN,XMAX,YMAX,ZMAX",
+                      help="Scenes: the region to fit, in world units \\[default: the masks' visual hull, else "
+                           "the scene's box].")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (sampling and initialisation).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint.")
 
@@ -70,6 +139,9 @@ def _command(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"{exc}; try a lower --lr or another --seed", EXIT_ERROR, verbose)
         except MemoryError:
             _fail("out of memory; try a smaller --batch, --resolution or --chunk", EXIT_ERROR, verbose)
+        except BrokenPipeError:
+            _silence_stdout()
+            _fail("stdout was closed (broken pipe); the output printed there is incomplete", EXIT_ERROR, verbose)
         except OSError as exc:  # reading or writing files outside the readers/atomic writer: still one line
             _fail(_os_error_message(exc), EXIT_ERROR, verbose)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: still one line
@@ -115,19 +187,35 @@ def _fail(message: str, code: int, verbose: bool) -> None:
     raise typer.Exit(code)
 
 
-def _emit(summary: dict[str, Any], as_json: bool, plain: str | None) -> None:
-    """Results on stdout: the JSON summary, or the plain result line (usually a path)."""
-    if as_json:
-        sys.stdout.write(json.dumps(summary, default=_json_default) + "\n")
-    elif plain is not None:
-        sys.stdout.write(plain + "\n")
+def _emit(summary: dict[str, Any], as_json: bool, plain: str | None, written: str | None = None) -> None:
+    """Results on stdout: the JSON summary (strict JSON), or the plain result line (usually a path).
+    ``written``: the file the command wrote, named in the error when stdout is closed."""
+    text = json_text(summary) + "\n" if as_json else (None if plain is None else plain + "\n")
+    if text is None:
+        return
+    if _stdout_closed():
+        raise Recon3dError("stdout is closed; the result was not printed"
+                           + (f" ({written} was written)" if written else ""))
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+def _stdout_closed() -> bool:
+    """Whether there is no stdout to print to (started with stdout closed, e.g. ``>&-``)."""
+    return sys.stdout is None or _STDOUT_CLOSED
+
+
+#: Set by main() when the process started with stdout closed (its descriptor now points at devnull).
+_STDOUT_CLOSED = False
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at devnull, so the flush at exit raises no second error (the
+    pattern Python's documentation on SIGPIPE recommends)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _version(value: bool) -> None:
@@ -147,24 +235,32 @@ def main_callback(
 @app.command("fit-sdf")
 @_command
 def fit_sdf_command(
-    scan: Path = typer.Argument(..., help="Point cloud: PLY, PCD, XYZ/PTS/TXT, OBJ/OFF vertices, NPZ."),
+    scan: Path = typer.Argument(..., metavar="INPUT",
+                                help="Point cloud (PLY, PCD, XYZ/PTS/TXT, OBJ/OFF vertices, NPZ), or a scene of "
+                                     "posed images (a folder or a transforms json: NeuS)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
-                                          help="Checkpoint to write \\[default: SCAN's name + .pt]."),
+                                          help="Checkpoint to write \\[default: INPUT's name + .pt]."),
     preset: str = typer.Option("fast", "--preset",
-                               help="fast (hash grid, default), paper (IGR 8×512), siren, fourier."),
+                               help="fast (hash grid, default), paper (IGR 8×512), siren, fourier; a scene: fast."),
     steps: Optional[int] = StepsOpt,
     max_seconds: Optional[float] = MaxSecondsOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Scan points per step \\[default: the preset's]."),
     lr: Optional[float] = LrOpt,
     encoding: Optional[str] = typer.Option(None, "--encoding",
                                            help="Override the encoding: hashgrid, frequency, fourier, none."),
-    normals: str = typer.Option("auto", "--normals", help="auto (the file's, else estimated), estimate, ignore."),
-    denoise: str = typer.Option("auto", "--denoise",
-                                help="Smooth noisy points onto local planes first: auto (when the noise is large "
-                                     "against the point spacing), on, off."),
-    outliers: str = typer.Option("drop", "--outliers",
-                                 help="Isolated points (16th neighbour over 10× the median distance away): "
-                                      "drop, keep."),
+    normals: Optional[str] = typer.Option(None, "--normals",
+                                          help="Point clouds: auto (the file's, else estimated; default), estimate, "
+                                               "ignore."),
+    denoise: Optional[str] = typer.Option(None, "--denoise",
+                                          help="Point clouds: smooth noisy points onto local planes first: auto "
+                                               "(when the noise is large against the point spacing; default), on, "
+                                               "off."),
+    outliers: Optional[str] = typer.Option(None, "--outliers",
+                                           help="Point clouds: isolated points (16th neighbour over 10× the median "
+                                                "distance away): drop (default), keep."),
+    downscale: Optional[int] = DownscaleOpt,
+    white_background: Optional[bool] = BackgroundOpt,
+    box: Optional[str] = BoxOpt,
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -173,23 +269,30 @@ def fit_sdf_command(
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Fit a signed distance field to a point cloud (IGR losses; hash grid, MLP, SIREN or Fourier field)."""
+    """Fit a signed distance field to a point cloud (IGR) or to a scene of posed images (NeuS)."""
     _fit("fit-sdf", scan, output, device, resume, as_json, quiet, preset=preset, steps=steps,
          max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp, encoding=encoding, normals=normals,
-         denoise=denoise, outliers=outliers)
+         denoise=denoise, outliers=outliers, **_scene_options(downscale, white_background, box))
 
 
 @app.command("fit-occupancy")
 @_command
 def fit_occupancy_command(
-    shape: Path = typer.Argument(..., help="Mesh (OBJ, PLY, STL, OFF, GLB) or Occupancy Networks points.npz."),
+    shape: Path = typer.Argument(..., metavar="INPUT",
+                                 help="Mesh (OBJ, PLY, STL, OFF, GLB), Occupancy Networks points.npz, or a scene of "
+                                      "posed images (a folder or a transforms json: UNISURF, or DVR)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
-                                          help="Checkpoint to write \\[default: SHAPE's name + .pt]."),
-    preset: str = typer.Option("fast", "--preset", help="fast (hash grid, default), paper (ONet-style MLP), fourier."),
+                                          help="Checkpoint to write \\[default: INPUT's name + .pt]."),
+    preset: str = typer.Option("fast", "--preset",
+                               help="fast (hash grid, default), paper (ONet-style MLP), fourier; a scene: fast "
+                                    "(UNISURF), dvr."),
     steps: Optional[int] = StepsOpt,
     max_seconds: Optional[float] = MaxSecondsOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Labelled points per step \\[default: the preset's]."),
     lr: Optional[float] = LrOpt,
+    downscale: Optional[int] = DownscaleOpt,
+    white_background: Optional[bool] = BackgroundOpt,
+    box: Optional[str] = BoxOpt,
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -198,9 +301,10 @@ def fit_occupancy_command(
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Fit an occupancy network (BCE on labelled points); the surface is the τ = 0.5 decision boundary."""
+    """Fit an occupancy field (BCE on labelled points, or rendered into posed images); surface τ = 0.5."""
     _fit("fit-occupancy", shape, output, device, resume, as_json, quiet, preset=preset, steps=steps,
-         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp)
+         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp,
+         **_scene_options(downscale, white_background, box))
 
 
 @app.command("fit-nerf")
@@ -218,9 +322,8 @@ def fit_nerf_command(
     batch: Optional[int] = typer.Option(None, "--batch",
                                         help="Rays per step \\[default: the preset's; fast adapts it]."),
     lr: Optional[float] = LrOpt,
-    downscale: int = typer.Option(1, "--downscale", help="Shrink images by this integer factor at load."),
-    white_background: bool = typer.Option(True, "--white-background/--black-background",
-                                          help="Background the RGBA images are composited on."),
+    downscale: Optional[int] = DownscaleOpt,
+    white_background: Optional[bool] = BackgroundOpt,
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -230,9 +333,26 @@ def fit_nerf_command(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Fit a radiance field (NeRF) to posed images; render it with `render`, mesh it with `extract-mesh`."""
-    background = (1.0, 1.0, 1.0) if white_background else (0.0, 0.0, 0.0)
     _fit("fit-nerf", scene, output, device, resume, as_json, quiet, preset=preset, steps=steps,
-         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp, downscale=downscale, background=background)
+         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp,
+         **_scene_options(downscale, white_background, None))
+
+
+def _scene_options(downscale: int | None, white_background: bool | None, box: str | None) -> dict[str, Any]:
+    """The scene options as the methods' options take them (None: not given)."""
+    background = None if white_background is None else (1.0, 1.0, 1.0) if white_background else (0.0, 0.0, 0.0)
+    return {"downscale": downscale, "background": background, "box": None if box is None else _parse_box(box)}
+
+
+def _parse_box(text: str) -> tuple[float, ...]:
+    """``--box xmin,ymin,zmin,xmax,ymax,zmax`` as six floats, or one clear error."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 6:
+        raise Recon3dError(f"--box {text}: give six numbers xmin,ymin,zmin,xmax,ymax,zmax (world units)")
+    return values
 
 
 def _fit(command: str, path: Path, output: Path | None, device: str, resume: bool, as_json: bool, quiet: bool,
@@ -243,11 +363,38 @@ def _fit(command: str, path: Path, output: Path | None, device: str, resume: boo
     from recon3d.fit.run import fit_file, make_options
 
     method = method_for(command, path)
-    out = _checkpoint_path(output, method.default_stem(path))
+    out = output or Path(method.default_stem(path) + ".pt")
+    inputs = _scene_inputs(path, "train") if path.is_dir() or path.suffix.lower() == ".json" else []
+    fit_options = make_options(method, **options)
     torch_device = resolve_device(device)
-    summary = fit_file(method, path, make_options(method, **options), out, torch_device, resume=resume,
-                       show_progress=not quiet)
+    summary = fit_file(method, path, fit_options, out, torch_device, resume=resume, show_progress=not quiet,
+                       inputs=inputs)
     _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
+
+
+def _scene_inputs(scene: Path, split: str) -> list[Path]:
+    """The existing files a scene's split is read from: its json and the images its frames name (with
+    the extensions the scene reader tries). Cheap and best effort, for output checks only: no image is
+    decoded and anything odd (unreadable, not JSON, not a regular file) is left to the scene reader."""
+    from recon3d.io.scene import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        jsons = [scene / f"transforms_{split}.json", scene / "transforms.json"] if scene.is_dir() else [scene]
+        for path in jsons:
+            if not path.is_file() or path.stat().st_size > 64 * 2**20:
+                continue
+            found.append(path)
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            frames = meta.get("frames") if isinstance(meta, dict) else None
+            for frame in frames if isinstance(frames, list) else []:
+                name = frame.get("file_path") if isinstance(frame, dict) else None
+                if not isinstance(name, str) or not name or "\0" in name:
+                    continue
+                base = Path(name) if os.path.isabs(name) else path.parent / name
+                candidates = [base] + [base.with_name(base.name + ext) for ext in IMAGE_EXTENSIONS]
+                found += [c for c in candidates if c.name and c.is_file()]
+    return found
 
 
 @app.command("render")
@@ -274,7 +421,13 @@ def render_command(
     from recon3d.render.views import RenderOptions, render_model
 
     options = RenderOptions(split=split, output=output, orbit=orbit, gif=gif, limit=limit, downscale=downscale)
-    result = render_model(model, scene, options, device, show_progress=not quiet)
+    inputs = [model, *_scene_inputs(scene, "train" if orbit else split)]
+    if output is not None:
+        if str(output) == "-":
+            raise Recon3dError("-o -: render writes image files into a folder; give a folder name")
+        _check_render_folder(output, inputs)
+    with protect_inputs(inputs):
+        result = render_model(model, scene, options, device, show_progress=not quiet)
     if orbit:
         files = result["files"]
         info(f"{result['frames']} orbit frames; wrote {', '.join(files[:1])}{' ...' if len(files) > 1 else ''}")
@@ -287,26 +440,29 @@ def render_command(
     _emit(summary, as_json, plain + f"\nmean  psnr {result['psnr']:.3f}  ssim {result['ssim']:.4f}")
 
 
-def _checkpoint_path(output: Path | None, stem: str) -> Path:
-    """The checkpoint a fit writes (default: the input's name + .pt), checked before any long work."""
-    out = output or Path(stem + ".pt")
-    folder = out.parent
-    if not folder.is_dir():
-        raise Recon3dError(f"{out}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise Recon3dError(f"{out}: output folder {folder} is not writable")
-    return out
+#: The names render writes into its -o folder (recon3d.render.views): views, orbit frames, the orbit GIF.
+_RENDER_NAMES = re.compile(r"(.+_\d{3,}_.*\.png|orbit_\d{3,}\.png|orbit\.gif)")
+
+
+def _check_render_folder(output: Path, inputs: list[Path]) -> None:
+    """Refuse a render -o folder holding an input (scene image, json, model) under a name render writes."""
+    if not output.is_dir():
+        return
+    for path in inputs:
+        if _RENDER_NAMES.fullmatch(path.name) and path.parent.is_dir() and os.path.samefile(path.parent, output):
+            raise Recon3dError(f"{output}: holds the input {path}, which render would overwrite with its own "
+                               "image of that name; choose another -o")
 
 
 def _finish_fit(summary: dict[str, Any], out: Path, as_json: bool, resume_command: str) -> None:
     if summary["stopped_by"] == "interrupt":
         info(f"interrupted at step {summary['steps']}; resumable checkpoint written to {out}")
         info(f"continue with: {resume_command}")
-        _emit(summary, as_json, str(out))
+        _emit(summary, as_json, str(out), written=str(out))
         raise typer.Exit(EXIT_INTERRUPTED)
     info(f"fitted in {summary['seconds']:.1f} s ({summary['steps']} steps, stopped by {summary['stopped_by']}); "
          f"wrote {out}")
-    _emit(summary, as_json, str(out))
+    _emit(summary, as_json, str(out), written=str(out))
 
 
 @app.command("extract-mesh")
@@ -343,27 +499,32 @@ def extract_mesh_command(
     from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
 
     to_stdout = str(output) == "-"
+    check_output(output, [model], allow_stdout=True, what="mesh")
     check_mesh_output(output, fmt)
+    if to_stdout and _stdout_closed():
+        raise Recon3dError("-o -: stdout is closed; give a file name")
     options = MeshOptions(resolution=resolution, level=level, method={"mise": "sparse"}.get(method, method),
                           largest_component=largest_component, normals=normals, chunk=chunk, refine=refine,
                           marching_cubes=marching, keep_unsupported=keep_unsupported)
     options.validate()
-    checkpoint = load_checkpoint(model)
-    torch_device = resolve_device(device)
-    start = time.perf_counter()
-    mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
-    if stats["dropped_unsupported"]:
-        pieces = stats["dropped_unsupported"]
-        info(f"dropped {pieces} closed piece{'s' if pieces > 1 else ''} with no scan points near "
-             f"{'them' if pieces > 1 else 'it'} (--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
-    if mesh.n_faces == 0:
-        raise Recon3dError(f"{model}: the field has no surface at level {stats['level']} inside its bounds")
-    write_mesh("-" if to_stdout else output, mesh, fmt)
+    lock = contextlib.nullcontext() if to_stdout else output_lock(output)
+    with lock, protect_inputs([model]):
+        checkpoint = load_checkpoint(model)
+        torch_device = resolve_device(device)
+        start = time.perf_counter()
+        mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device)
+        if stats["dropped_unsupported"]:
+            pieces = stats["dropped_unsupported"]
+            info(f"dropped {pieces} closed piece{'s' if pieces > 1 else ''} with no scan points near "
+                 f"{'them' if pieces > 1 else 'it'} (--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
+        if mesh.n_faces == 0:
+            raise Recon3dError(f"{model}: the field has no surface at level {stats['level']} inside its bounds")
+        write_mesh("-" if to_stdout else output, mesh, fmt)
     stats["seconds"]["total_with_write"] = time.perf_counter() - start
     info(f"{stats['faces']:,} faces, {stats['vertices']:,} vertices at {'x'.join(map(str, stats['resolution']))} "
          f"in {stats['seconds']['total_with_write']:.2f} s" + ("" if to_stdout else f"; wrote {output}"))
     if not to_stdout:
-        _emit({"mesh": str(output), **stats}, as_json, str(output))
+        _emit({"mesh": str(output), **stats}, as_json, str(output), written=str(output))
 
 
 @app.command("eval")
@@ -379,10 +540,9 @@ def eval_command(
 ) -> None:
     """Chamfer-L1/L2, F-score, normal consistency, Hausdorff, watertightness, volume IoU."""
     from recon3d.io.shape import read_shape
-    from recon3d.metrics import evaluate
+    from recon3d.metrics import check_eval_options, evaluate
 
-    if samples < 1000:
-        raise Recon3dError("--samples must be at least 1000")
+    check_eval_options(samples, seed)  # before reading: evaluate checks again for library callers
     result = evaluate(read_shape(pred), read_shape(ref), n_samples=samples, seed=seed)
     if as_json:
         _emit({"pred": str(pred), "ref": str(ref), **result}, True, None)
@@ -424,6 +584,7 @@ def demo_command(
     output: Path = typer.Option(Path("recon3d-demo"), "-o", "--output", help="Folder for the demo's files."),
     steps: Optional[int] = StepsOpt,
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="Extraction resolution."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the demo's files in an existing folder."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
@@ -434,13 +595,33 @@ def demo_command(
     from recon3d.device import resolve_device
 
     summary = run_demo(output, resolve_device(device), steps=steps, resolution=resolution,
-                       show_progress=not quiet)
-    _emit(summary, as_json, str(summary["mesh"]))
+                       show_progress=not quiet, force=force)
+    _emit(summary, as_json, str(summary["mesh"]), written=f"the demo's files in {output}")
 
 
 def main() -> None:
     """Console-script entry point."""
+    _reopen_closed_standard_streams()
     app()
+
+
+def _reopen_closed_standard_streams() -> None:
+    """Point a closed stdin / stdout / stderr descriptor at devnull, so files the command opens never take
+    descriptors 0-2. A closed stdout is remembered (results cannot be printed: an error at the end); a closed
+    stderr silences messages, the exit code still tells."""
+    global _STDOUT_CLOSED
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            if fd == 1:
+                _STDOUT_CLOSED = True
+            elif fd == 2 and sys.stderr is None:
+                sys.stderr = open(fd, "w", closefd=False)  # the process's stderr (devnull now), kept open
 
 
 if __name__ == "__main__":

@@ -345,3 +345,20 @@ def test_lego():
         v = int(-scene.fy[i] * y / -z + scene.cy[i])
         assert scene.alphas[i, v, u] > 0.5
     assert len(read_scene(LEGO, split="val", max_images=1, downscale=4).images[0]) == 100
+
+
+def test_single_file_scene_leaves_out_frames_without_images(tmp_path, capsys):
+    """Tools that write transforms.json list frames whose photos were later dropped (instant-ngp's fox
+    lists 17): those frames are left out with a warning; a scene with none left is still an error."""
+    path = _nerfstudio(tmp_path, n=10)
+    images = sorted((tmp_path / "images").iterdir())
+    complete = read_scene(path, "all")
+    for image in images[:3]:
+        image.unlink()
+    scene = read_scene(path, "all")
+    assert len(scene) == len(complete) - 3
+    assert "3 of 10 frames name images that do not exist" in capsys.readouterr().err
+    for image in images[3:]:
+        image.unlink()
+    with pytest.raises(InputError, match="not found"):
+        read_scene(path, "all")

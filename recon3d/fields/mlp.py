@@ -53,8 +53,12 @@ class MLP(nn.Module):
         w0: float = 30.0,
         first_w0: float = 30.0,
         geometric_inputs: int = 3,
+        first_scale: float = 1.0,
     ) -> None:
+        """``first_scale`` multiplies the first output: −10 turns a geometric (sphere SDF) init into
+        occupancy logits, o = sigmoid(−10 f), as UNISURF initialises its occupancy field."""
         super().__init__()
+        self.first_scale = float(first_scale)
         self.skip_layers = tuple(int(s) for s in skip_layers)
         self.in_dim = in_dim
         dims = [in_dim] + [hidden] * n_layers + [out_dim]
@@ -105,4 +109,6 @@ class MLP(nn.Module):
             h = layer(h)
             if i < last:
                 h = self.acts[i](h)
+        if self.first_scale != 1.0:
+            h = torch.cat([h[..., :1] * self.first_scale, h[..., 1:]], dim=-1)
         return h

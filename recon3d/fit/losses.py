@@ -65,3 +65,25 @@ def color_loss(rgb: Tensor, target: Tensor) -> Tensor:
 def psnr(mse: Tensor) -> Tensor:
     """Peak signal-to-noise ratio (dB) of a mean squared error of colours in [0, 1]; not differentiable."""
     return -10.0 * torch.log10(mse.detach().clamp_min(1e-10))
+
+
+def color_l1(rgb: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute colour error of rendered rays (N, 3) against their pixels (NeuS)."""
+    return (rgb - target).abs().mean()
+
+
+def mask_loss(opacity: Tensor, alpha: Tensor) -> Tensor:
+    """Binary cross-entropy of rays' opacities (N,) against the images' alpha (N,) in [0, 1] (NeuS's
+    mask loss): rays off the object must stay empty, rays on it must be stopped."""
+    return torch.nn.functional.binary_cross_entropy(opacity.clamp(1e-3, 1.0 - 1e-3), alpha.clamp(0.0, 1.0))
+
+
+def outside_loss(values: Tensor) -> Tensor:
+    """mean relu(−f(u)) over points (N,) known to be outside the object: a signed distance must not
+    be negative there."""
+    return torch.relu(-values).mean()
+
+
+def normal_smoothness(normals: Tensor, nearby: Tensor) -> Tensor:
+    """mean ‖n(x) − n(x + ε)‖ over surface points (N, 3): UNISURF's and DVR's smoothness prior."""
+    return (normals - nearby).norm(dim=-1).mean()

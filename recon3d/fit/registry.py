@@ -11,8 +11,11 @@ from recon3d.errors import Recon3dError
 from recon3d.fit.method import Method
 
 #: Every fitting method: its name (stored in checkpoints as ``train["method"]``) → ``module:class``.
+#: A command runs the first of its methods that accepts the input (scenes first, then 3D input).
 METHODS: dict[str, str] = {
+    "fit-sdf-images": "recon3d.fit.neus:SdfFromImages",
     "fit-sdf": "recon3d.fit.sdf:SdfFromPoints",
+    "fit-occupancy-images": "recon3d.fit.unisurf:OccupancyFromImages",
     "fit-occupancy": "recon3d.fit.occupancy:OccupancyFromShape",
     "fit-nerf": "recon3d.fit.nerf:RadianceFromImages",
 }

@@ -7,7 +7,7 @@ import copy
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.fit.loop import Trainer, TrainState, hold_signals
 from recon3d.fit.method import FitOptions, FitRun, Method
-from recon3d.fit.presets import plain_settings, resumed_settings
+from recon3d.fit.presets import check_fit_options, plain_settings, resumed_settings
 from recon3d.fit.registry import get_method
+from recon3d.io.atomic import check_output, output_lock, protect_inputs
 from recon3d.io.checkpoint import VERSION, load_checkpoint, save_checkpoint
 
 
@@ -30,7 +31,7 @@ def make_options(method: Method, **values: Any) -> FitOptions:
     if unknown:
         flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
         raise Recon3dError(f"{flags}: not used by {method.command} with this kind of input")
-    return method.options(**{key: value for key, value in values.items() if key in known})
+    return method.options(**{key: value for key, value in values.items() if key in known and value is not None})
 
 
 def fit(method: Method | str, data: Any, options: FitOptions, output: str | Path, device: torch.device,
@@ -43,8 +44,22 @@ def fit(method: Method | str, data: Any, options: FitOptions, output: str | Path
     generator state are restored, so the result matches an uninterrupted run. ``on_step(trainer,
     step)`` runs before every step (benchmarks evaluate there, excluding their time with
     ``trainer.exclude``).
+
+    ``output`` and the shared options are checked first (nothing slow runs for a bad one), and the
+    output's lock (:func:`recon3d.io.atomic.output_lock`) is held until the checkpoint is written: another
+    run writing the same file is refused at once.
     """
     method = get_method(method) if isinstance(method, str) else method
+    check_output(output, what="checkpoint")
+    check_fit_options(options)
+    with output_lock(output):
+        return _fit_locked(method, data, options, output, device, source, resume, show_progress, on_step)
+
+
+def _fit_locked(method: Method, data: Any, options: FitOptions, output: str | Path, device: torch.device,
+                source: str, resume: dict | None, show_progress: bool,
+                on_step: Callable[[Trainer, int], None] | None) -> dict[str, Any]:
+    """fit() under the output's lock."""
     run = FitRun(config=run_config(method, options, data, device, resume), options=options, device=device,
                  source=source, resume=resume)
     torch.manual_seed(run.config["settings"].seed)
@@ -70,14 +85,24 @@ def fit(method: Method | str, data: Any, options: FitOptions, output: str | Path
 
 
 def fit_file(method: Method, path: Path, options: FitOptions, output: Path, device: torch.device,
-             resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Read ``path`` with ``method`` and fit it (``resume``: continue the interrupted ``output``)."""
-    previous = load_resumable(output, method.kind) if resume else None
-    data = method.read(path, options, device)
-    if previous is not None:
-        method.check_resume(previous, data, output, path)
-    return fit(method, data, options, output, device, source=str(path), resume=previous,
-               show_progress=show_progress)
+             resume: bool = False, show_progress: bool = True, inputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Read ``path`` with ``method`` and fit it (``resume``: continue the interrupted ``output``).
+
+    Before anything slow, ``output`` is checked (a ``.pt`` file that is neither ``path`` nor one of the
+    other files the input consists of, ``inputs``, e.g. a scene's json and images; see
+    :func:`recon3d.io.atomic.check_output`) and so are the shared options; the output's lock is held from
+    before reading the input until the checkpoint is written.
+    """
+    files = [Path(path), *map(Path, inputs)]
+    check_output(output, files, suffixes=(".pt",), example="model.pt", what="checkpoint")
+    check_fit_options(options)
+    with output_lock(output), protect_inputs(files):
+        previous = load_resumable(output, method.kind) if resume else None
+        data = method.read(path, options, device)
+        if previous is not None:
+            method.check_resume(previous, data, output, path)
+        return fit(method, data, options, output, device, source=str(path), resume=previous,
+                   show_progress=show_progress)
 
 
 def load_resumable(path: Path, kind: str) -> dict[str, Any]:

@@ -127,3 +127,40 @@ def composite_packed(
     rgb = accumulate_packed(weights[:, None] * rgbs, ray_indices, n_rays)
     depth = accumulate_packed(weights * 0.5 * (t_starts + t_ends), ray_indices, n_rays)
     return Composite(_with_background(rgb, opacity, background), opacity, depth, weights)
+
+
+def composite_alphas(
+    alphas: Tensor,
+    rgbs: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    background: Tensor | tuple[float, float, float] | None = None,
+) -> Composite:
+    """Render padded samples whose opacities ``alphas`` (R, S) are given directly (UNISURF's
+    occupancies): w_i = α_i Π_{j<i} (1 − α_j); ``rgbs`` (R, S, 3), intervals (R, S)."""
+    tau = -torch.log1p(-alphas.clamp(0.0, 1.0 - 1e-6))
+    weights, _, _ = render_weights(tau, torch.ones_like(tau))
+    opacity = weights.sum(dim=-1)
+    rgb = (weights[..., None] * rgbs).sum(dim=-2)
+    depth = (weights * 0.5 * (t_starts + t_ends)).sum(dim=-1)
+    return Composite(_with_background(rgb, opacity, background), opacity, depth, weights)
+
+
+def composite_alphas_packed(
+    ray_indices: Tensor,
+    alphas: Tensor,
+    rgbs: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    n_rays: int,
+    background: Tensor | tuple[float, float, float] | None = None,
+) -> Composite:
+    """Render packed samples whose opacities ``alphas`` (M,) in [0, 1] are given directly (surface
+    methods: NeuS, UNISURF) rather than as densities: w_i = α_i Π_{j<i} (1 − α_j). Otherwise as
+    :func:`composite_packed`."""
+    tau = -torch.log1p(-alphas.clamp(0.0, 1.0 - 1e-6))  # α = 1 − exp(−τ)
+    weights, _, _ = render_weights_packed(ray_indices, tau, torch.ones_like(tau))
+    opacity = accumulate_packed(weights, ray_indices, n_rays)
+    rgb = accumulate_packed(weights[:, None] * rgbs, ray_indices, n_rays)
+    depth = accumulate_packed(weights * 0.5 * (t_starts + t_ends), ray_indices, n_rays)
+    return Composite(_with_background(rgb, opacity, background), opacity, depth, weights)

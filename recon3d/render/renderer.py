@@ -82,19 +82,25 @@ def _composite_at(field: torch.nn.Module, origins: Tensor, directions: Tensor, t
 
 
 @torch.no_grad()
-def render_image(field: torch.nn.Module, scene, index: int, sampling: Sampling, grid: OccupancyGrid | None,
+def render_image(model, scene, index: int, sampling: Sampling | None = None, grid: OccupancyGrid | None = None,
                  chunk: int = 1 << 15) -> dict[str, np.ndarray]:
     """Render view ``index`` of ``scene``: rgb (H, W, 3), depth and opacity (H, W), as float32 arrays.
 
-    Rays go ``chunk`` at a time; on GPU out-of-memory the chunk is halved and rendering continues where
-    it stopped (:func:`recon3d.device.map_in_chunks`).
+    ``model`` is a radiance field rendered with ``sampling`` (and ``grid``), or any renderer with a
+    ``render(rays, background) -> Composite`` method and a ``field`` (recon3d.render.model). Rays go
+    ``chunk`` at a time; on GPU out-of-memory the chunk is halved and rendering continues where it
+    stopped (:func:`recon3d.device.map_in_chunks`).
     """
+    field = model if sampling is not None else model.field
     device = next(field.parameters()).device
     rays = image_rays(scene, index, device=device).flatten()
     background = torch.tensor(scene.background, dtype=torch.float32, device=device)
 
     def piece(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:  # not the per-sample weights
-        out = render_rays(field, rays[start:stop], sampling, grid, background).result
+        if sampling is not None:
+            out = render_rays(field, rays[start:stop], sampling, grid, background).result
+        else:
+            out = model.render(rays[start:stop], background)
         return out.rgb.clamp(0, 1), out.expected_depth, out.opacity
 
     parts, _ = map_in_chunks(piece, len(rays), chunk, device)

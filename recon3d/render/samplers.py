@@ -192,6 +192,13 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("aabb", aabb)
         self.register_buffer("density", torch.zeros(cells))
         self.register_buffer("occupied", torch.ones(cells, dtype=torch.bool))
+        self.allowed: Tensor | None = None  # see restrict(); not saved: the occupancy already obeys it
+
+    def restrict(self, allowed: Tensor) -> None:
+        """Only the cells where ``allowed`` (cells,) is True may ever be occupied (e.g. a visual hull);
+        updates evaluate only those."""
+        self.allowed = allowed.to(device=self.occupied.device, dtype=torch.bool).reshape(-1)
+        self.occupied &= self.allowed
 
     @property
     def step_size(self) -> float:
@@ -252,6 +259,8 @@ class OccupancyGrid(nn.Module):
                 pick = torch.randint(0, occupied.numel(), (quarter,), generator=generator,
                                      device=source).to(device)  # fmt: skip
                 indices = torch.cat([indices, occupied[pick]])
+        if self.allowed is not None:
+            indices = self.allowed.nonzero().reshape(-1) if all_cells else indices[self.allowed[indices]]
         jitter = _uniform((indices.numel(), 3), generator, device, self.aabb.dtype)
         points = self._cell_points(indices, jitter)
         with torch.autocast(device.type, enabled=False):  # densities in float32 even in a bf16 run
@@ -264,8 +273,12 @@ class OccupancyGrid(nn.Module):
         self.density[indices] = torch.maximum(self.density[indices] * self.decay, fresh[indices])
         limit = min(self.threshold / self.step_size, float(self.density.mean()))
         occupied = self.density > limit
+        if self.allowed is not None:
+            occupied &= self.allowed
         if bool(occupied.any()):  # a field with no density anywhere keeps every cell: never cull it all
             self.occupied.copy_(occupied)
+        elif self.allowed is not None:
+            self.occupied.copy_(self.allowed)
         else:
             self.occupied.fill_(True)
 

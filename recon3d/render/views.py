@@ -8,6 +8,7 @@ convention (white background for nerf_synthetic).
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,12 +19,12 @@ import torch
 
 from recon3d.console import progress_bar
 from recon3d.device import resolve_device
-from recon3d.errors import Recon3dError
+from recon3d.errors import Recon3dError, one_line
 from recon3d.io.atomic import atomic_write_bytes
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.scene import read_scene
 from recon3d.metrics import psnr, ssim
-from recon3d.render.model import Renderer, load_renderer
+from recon3d.render.model import RENDERABLE, Renderer, load_renderer
 from recon3d.render.renderer import render_image
 
 
@@ -60,7 +61,7 @@ def render_model(model: Path, scene: Path, options: RenderOptions, device: str =
     """Render a checkpoint's views of ``scene`` (see :class:`RenderOptions`) with a progress bar;
     return :func:`render_split`'s or :func:`render_orbit`'s result."""
     options.validate()
-    checkpoint = load_checkpoint(model)
+    checkpoint = load_checkpoint(model, kinds=RENDERABLE)
     torch_device = resolve_device(device)
     renderer = load_renderer(checkpoint, torch_device, str(model))
     train = checkpoint["train"]
@@ -69,11 +70,50 @@ def render_model(model: Path, scene: Path, options: RenderOptions, device: str =
     views = read_scene(scene, "train" if options.orbit else options.split, downscale=factor, background=background,
                        max_images=options.limit).to(torch_device)
     if options.output is not None:
-        options.output.mkdir(exist_ok=True)
+        make_output_folder(options.output)
     with progress_bar("render", options.orbit or len(views), disable=not show_progress) as advance:
         if options.orbit:
             return render_orbit(renderer, views, options.orbit, options.output, options.gif, advance)
         return render_split(renderer, views, options.output, advance)
+
+
+def make_output_folder(folder: Path) -> None:
+    """Create the folder renders go to (its parent must exist) and check that files can be made in it,
+    before any rendering: one Recon3dError line otherwise."""
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise Recon3dError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from exc
+    if not folder.is_dir():
+        raise Recon3dError(f"{folder}: exists and is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise Recon3dError(f"{folder}: the output folder is not writable")
+
+
+class ImageWriter:
+    """Writes a render's images into ``folder`` atomically, checks each one landed whole (its size on
+    disk), and keeps count: a failed write (a full disk, an I/O error) is one Recon3dError line saying
+    how many of the ``total`` images were written before it."""
+
+    def __init__(self, folder: Path, total: int) -> None:
+        self.folder, self.total, self.written = folder, total, []
+
+    def write(self, name: str, data: bytes) -> str:
+        path = self.folder / name
+        try:
+            atomic_write_bytes(path, data)
+            size = path.stat().st_size
+            if size != len(data):
+                path.unlink(missing_ok=True)
+                raise Recon3dError(f"{path}: write failed ({size} of {len(data)} bytes on disk)")
+        except (Recon3dError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, Recon3dError) else f"{path}: write failed ({exc.strerror or exc})"
+            done = len(self.written)
+            message = (f"{reason}; {done} of {self.total} image{'s' if self.total > 1 else ''} "
+                       f"{'was' if done == 1 else 'were'} written to {self.folder} before it")
+            raise Recon3dError(one_line(message)) from exc
+        self.written.append(str(path))
+        return str(path)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -91,7 +131,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def gif_bytes(frames: list[np.ndarray], fps: float = 15.0) -> bytes:
     from PIL import Image
 
-    images = [Image.fromarray(to_uint8(frame)) for frame in frames]
+    images = [Image.fromarray(frame if frame.dtype == np.uint8 else to_uint8(frame)) for frame in frames]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(1000 / fps), loop=0)
@@ -102,16 +142,15 @@ def render_split(renderer: Renderer, scene, out_dir: Path | None,
                  progress: Callable[[int, int], None] | None = None) -> dict:
     """Render every view of ``scene``; PSNR/SSIM against its images; PNGs into ``out_dir`` if given."""
     views = []
+    writer = ImageWriter(out_dir, len(scene)) if out_dir is not None else None
     start = time.perf_counter()
     for index in range(len(scene)):
-        rendered = render_image(renderer.field, scene, index, renderer.sampling, renderer.grid)
-        target = scene.images[index].cpu().numpy()
+        rendered = render_image(renderer, scene, index)
+        target = scene.image(index).cpu().numpy()
         name = Path(scene.files[index]).stem
         entry = {"view": name, "psnr": psnr(rendered["rgb"], target), "ssim": ssim(rendered["rgb"], target)}
-        if out_dir is not None:
-            path = out_dir / f"{scene.split}_{index:03d}_{name}.png"
-            atomic_write_bytes(path, png_bytes(rendered["rgb"]))
-            entry["image"] = str(path)
+        if writer is not None:
+            entry["image"] = writer.write(f"{scene.split}_{index:03d}_{name}.png", png_bytes(rendered["rgb"]))
         views.append(entry)
         if progress is not None:
             progress(index + 1, len(scene))
@@ -159,23 +198,20 @@ def render_orbit(renderer: Renderer, scene, n: int, out_dir: Path, gif: bool,
     aabb = scene.aabb.float()
     poses = orbit_cameras(scene.c2w.cpu(), 0.5 * (aabb[0] + aabb[1]).cpu(), n)
     first = slice(0, 1)
-    orbit = replace(scene, c2w=poses, images=scene.images[first].expand(n, -1, -1, -1),
+    orbit = replace(scene, c2w=poses, pixels=scene.pixels[first].expand(n, -1, -1, -1),
                     fx=scene.fx[first].expand(n), fy=scene.fy[first].expand(n), cx=scene.cx[first].expand(n),
                     cy=scene.cy[first].expand(n), files=[Path(f"orbit_{k:03d}") for k in range(n)],
-                    distortion=None, alphas=None)
-    frames, written = [], []
+                    distortion=None, keep_alpha=False)
+    frames = []
+    writer = ImageWriter(out_dir, 1 if gif else n)
     for k in range(n):
-        frame = render_image(renderer.field, orbit, k, renderer.sampling, renderer.grid)["rgb"]
+        frame = render_image(renderer, orbit, k)["rgb"]
         if gif:
-            frames.append(frame)
+            frames.append(to_uint8(frame))  # a quarter of the float frame: long orbits stay in memory
         else:
-            path = out_dir / f"orbit_{k:03d}.png"
-            atomic_write_bytes(path, png_bytes(frame))
-            written.append(str(path))
+            writer.write(f"orbit_{k:03d}.png", png_bytes(frame))
         if progress is not None:
             progress(k + 1, n)
     if gif:
-        path = out_dir / "orbit.gif"
-        atomic_write_bytes(path, gif_bytes(frames))
-        written.append(str(path))
-    return {"frames": n, "files": written}
+        writer.write("orbit.gif", gif_bytes(frames))
+    return {"frames": n, "files": writer.written}

@@ -1,0 +1,297 @@
+"""What the methods that fit surfaces to posed images share: reading the scene, the region to fit
+(the masks' visual hull or the scene's box), the field's normalised coordinates, training rays and
+their targets on random backgrounds, the free-space term, and the adaptive ray count.
+
+A method subclasses :class:`ImagesMethod` and adds its presets, field and step (recon3d.fit.neus,
+recon3d.fit.unisurf).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recon3d.console import info
+from recon3d.errors import InputError, Recon3dError
+from recon3d.fit.method import FitOptions, FitRun, Method
+from recon3d.fit.nerf import training_targets
+from recon3d.io.scene import Scene, read_scene
+from recon3d.render.hull import hull_box, visual_hull
+from recon3d.render.rays import RayBatch, RaySampler
+from recon3d.render.samplers import OccupancyGrid
+
+#: The box the field is fitted in spans [-FILL, FILL] along its longest side in field coordinates.
+FILL = 0.9
+#: Visual-hull lattice points per side (over the scene's box).
+HULL_RESOLUTION = 96
+#: Bounds on the adaptive ray count (a batch aims at ``target_samples`` samples, as fit-nerf's).
+MIN_RAYS, MAX_RAYS = 256, 1 << 16
+#: Random points per step for the free-space term.
+FREE_POINTS = 4096
+#: Half side of the region around the cameras' focus, as a fraction of the view's half-width there.
+FOCUS_SIZE = 0.6
+
+
+@dataclass
+class ImagesOptions(FitOptions):
+    """A fit to a scene: the common options, how the scene is read (shrink factor, background of RGBA
+    images), random backgrounds in training, and an optional box (world units) to fit in."""
+
+    downscale: int = 1
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    random_background: bool = True
+    box: tuple[float, float, float, float, float, float] | None = None
+
+
+@dataclass
+class ImageData:
+    """The scene's training rays and the region the field covers."""
+
+    scene: Scene
+    rays: RaySampler
+    to_world: dict  # field coordinates → world: x = scale · u + translation
+    bounds: np.ndarray  # (2, 3) the box to fit and mesh, field coordinates
+    hull: torch.Tensor | None  # (R, R, R) bool over the scene's box: may hold the object (None: no hull)
+    masks: bool  # the images' alpha is a mask (not 1 everywhere)
+
+
+def background_field(device: torch.device) -> dict[str, Any]:
+    """The radiance field that explains what lies beyond the fitting box in captures without masks:
+    instant-ngp's small network on a coarser hash grid, over contracted space (recon3d.render.background)."""
+    from recon3d.fields.radiance import radiance_preset
+
+    config = radiance_preset("fast", [[-2.0] * 3, [2.0] * 3])
+    levels = {"n_levels": 12, "log2_table_size": 17 if device.type == "cuda" else 15, "max_resolution": 512}
+    config["position_encoding"].update(levels)
+    return config
+
+
+def looks_like_scene(path: Path) -> bool:
+    """A scene is a folder or a transforms json; anything else is a point cloud or a mesh."""
+    return Path(path).is_dir() or Path(path).suffix.lower() == ".json"
+
+
+def has_masks(scene: Scene) -> bool:
+    """Whether the images carry masks: alpha that is not 1 everywhere."""
+    alphas = scene.alphas
+    return alphas is not None and bool((alphas < 1.0).any())
+
+
+def check_box(box: tuple[float, ...] | list[float] | None) -> list[float] | None:
+    """``--box`` as six floats (xmin, ymin, zmin, xmax, ymax, zmax), or one clear error."""
+    if box is None:
+        return None
+    values = [float(v) for v in box]
+    if not (len(values) == 6 and all(np.isfinite(values)) and all(values[i + 3] > values[i] for i in range(3))):
+        raise Recon3dError("--box needs six finite numbers xmin,ymin,zmin,xmax,ymax,zmax with max > min")
+    return values
+
+
+def focus_box(scene: Scene) -> torch.Tensor | None:
+    """(2, 3) a cube around the point the cameras look at, or None when they do not look at one point.
+
+    The point is the least-squares nearest point to every camera's optical axis; the cube's half side
+    is FOCUS_SIZE of the view's half-width at the median camera distance, so an object that fills
+    the middle of the frames fits. Clipped to the scene's box. For object-centric captures without
+    masks (the region of interest; ``--box`` overrides it).
+    """
+    c2w = scene.c2w.detach().double().cpu()
+    centres, forward = c2w[:, :3, 3], -c2w[:, :3, 2]
+    forward = forward / forward.norm(dim=-1, keepdim=True)
+    projector = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]
+    matrix, vector = projector.sum(dim=0), (projector @ centres[:, :, None]).sum(dim=0)[:, 0]
+    if float(torch.linalg.cond(matrix)) > 1e6:
+        return None
+    focus = torch.linalg.solve(matrix, vector)
+    offsets = focus - centres
+    distance = offsets.norm(dim=-1)
+    facing = ((offsets / distance[:, None].clamp_min(1e-12)) * forward).sum(dim=-1)
+    if float((facing > math.cos(math.radians(30.0))).double().mean()) < 0.8:  # most cameras must look at it
+        return None
+    half_view = float(torch.minimum(scene.cx / scene.fx, scene.cy / scene.fy).min().cpu())
+    half = FOCUS_SIZE * float(distance.median()) * half_view
+    aabb = scene.aabb.detach().double().cpu()
+    lo, hi = torch.maximum(focus - half, aabb[0]), torch.minimum(focus + half, aabb[1])
+    if not bool((hi > lo).all()):
+        return None
+    return torch.stack([lo, hi]).float()
+
+
+def fitting_box(scene: Scene, box: list[float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The world box to fit in (2, 3) and, with masks, the visual hull over the scene's box (R, R, R):
+    ``--box``; else the masks' visual hull; else the cameras' focus (:func:`focus_box`); else the
+    scene's box."""
+    if box is not None:
+        return torch.tensor([box[:3], box[3:]], dtype=torch.float32), None
+    if not has_masks(scene):
+        focus = focus_box(scene)
+        return (scene.aabb.detach().float().cpu() if focus is None else focus), None
+    hull = visual_hull(scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy, scene.alphas, scene.aabb,
+                       HULL_RESOLUTION, scene.distortion)
+    if not bool(hull.any()):
+        raise InputError(f"{scene.source}: the masks (alpha) leave nothing that every camera sees as object")
+    return hull_box(hull, scene.aabb, margin_cells=2.0), hull
+
+
+def normalisation(box: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """``to_world`` putting the box's centre at the origin and its longest side at 2·FILL, and the
+    box in field coordinates (the bounds to mesh)."""
+    lo, hi = box[0].double().numpy(), box[1].double().numpy()
+    scale = float((hi - lo).max()) / (2.0 * FILL)
+    centre = 0.5 * (lo + hi)
+    to_world = {"scale": scale, "translation": centre.tolist()}
+    bounds = np.stack([(lo - centre) / scale, (hi - centre) / scale])
+    return to_world, bounds
+
+
+def hull_cells(hull: torch.Tensor | None, scene_box: torch.Tensor, to_world: dict,
+               grid: OccupancyGrid) -> torch.Tensor | None:
+    """The visual hull resampled on an occupancy grid in field coordinates: (cells,) bool, True where
+    the object may be, dilated by one cell (None without a hull)."""
+    if hull is None:
+        return None
+    translation = torch.tensor(to_world["translation"], device=grid.aabb.device)
+    centres = grid.cell_centers() * to_world["scale"] + translation
+    box = scene_box.to(centres.device)
+    resolution = hull.shape[0]
+    ijk = ((centres - box[0]) / (box[1] - box[0]) * resolution).floor().long()
+    inside_box = ((ijk >= 0) & (ijk < resolution)).all(dim=-1)
+    ijk = ijk.clamp(0, resolution - 1)
+    allowed = hull.to(centres.device)[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & inside_box
+    volume = allowed.reshape(grid.resolution, grid.resolution, grid.resolution)[None, None].float()
+    return (F.max_pool3d(volume, 3, stride=1, padding=1)[0, 0] > 0).reshape(-1)
+
+
+@dataclass
+class Targets:
+    """A batch of training rays with what they should render: colours composited on ``background``
+    and, where the images have masks, alpha."""
+
+    batch: RayBatch
+    rgb: torch.Tensor  # (R, 3)
+    background: torch.Tensor  # (3,) or (R, 3)
+    alpha: torch.Tensor | None  # (R,)
+
+
+def draw_targets(data: ImageData, n_rays: int, gen: torch.Generator, random_background: bool,
+                 device: torch.device) -> Targets:
+    """``n_rays`` random pixels; images with alpha are composited on a random colour per ray (so the
+    field cannot paint the background into space), otherwise on the scene's background."""
+    batch = data.rays.sample(n_rays, gen)
+    target = batch.rgb
+    background = torch.tensor(data.scene.background, dtype=torch.float32, device=device)
+    alpha = None
+    if target.shape[-1] == 4:  # premultiplied colour + alpha
+        if random_background:
+            background = torch.rand((len(target), 3), device=device, generator=gen)
+        alpha = target[:, 3] if data.masks else None
+        target = target[:, :3] + background * (1.0 - target[:, 3:])
+    return Targets(batch, target, background, alpha)
+
+
+def free_space_points(grid: OccupancyGrid, gen: torch.Generator, n: int = FREE_POINTS) -> torch.Tensor:
+    """(K, 3) random points of the grid's box in cells outside its allowed region (the visual hull):
+    the masks say they are empty. Empty without a restriction."""
+    bounds = grid.aabb
+    u = bounds[0] + torch.rand((n, 3), device=bounds.device, generator=gen) * (bounds[1] - bounds[0])
+    if grid.allowed is None:
+        return u[:0]
+    return u[~grid.allowed[grid.cell_indices(u)]]
+
+
+def adapt_rays(n_rays: int, samples: int, target_samples: int) -> int:
+    """The next batch's ray count, so a batch holds about ``target_samples`` samples (instant-ngp)."""
+    if not target_samples or samples <= 0:
+        return n_rays
+    scaled = n_rays * target_samples / samples
+    return int(min(max(0.5 * n_rays + 0.5 * scaled, MIN_RAYS), MAX_RAYS))
+
+
+class ImagesMethod(Method):
+    """A method fitting a surface to a scene: reading, region, rays, records and the occupancy grid
+    are shared; subclasses set name, kind, presets and make the step."""
+
+    options = ImagesOptions
+    records = ("scene", "images", "width", "height", "downscale", "background", "psnr", "samples_per_second",
+               "box_world", "masks")
+    summary = ("images", "psnr", "samples_per_second")
+
+    def accepts(self, path: Path) -> bool:
+        return looks_like_scene(path)
+
+    def default_stem(self, path: Path) -> str:
+        return path.stem if path.suffix.lower() == ".json" else path.name
+
+    def read(self, path: Path, options: FitOptions, device: torch.device) -> Scene:
+        assert isinstance(options, ImagesOptions)
+        return read_scene(path, "train", downscale=options.downscale, background=tuple(options.background),
+                          keep_alpha=True).to(device)
+
+    def check_resume(self, checkpoint: dict, data: Scene, output: Path, path: Path) -> None:
+        if checkpoint["train"].get("images") != len(data):
+            raise Recon3dError(f"{output}: was fitted to {checkpoint['train'].get('images')} images, {path} has "
+                               f"{len(data)}; resume needs the same scene")
+
+    def prepare(self, run: FitRun, data: Scene) -> ImageData:
+        box, hull = fitting_box(data, run.config.get("box"))
+        if run.resume is not None:  # the resumed field lives in the interrupted run's coordinates
+            to_world, bounds = run.resume["to_world"], np.asarray(run.resume["bounds"], dtype=np.float64)
+        else:
+            to_world, bounds = normalisation(box)
+        rays = RaySampler(data.pixels, data.c2w, data.fx, data.fy, data.cx, data.cy, data.distortion,
+                          device=run.device, decode=training_targets(data))
+        masks = has_masks(data)
+        info(f"{data.source}: {len(data)} {data.split} images {data.width}x{data.height}, "
+             f"masks: {'alpha (visual hull)' if masks and hull is not None else 'alpha' if masks else 'none'}, "
+             f"fitting box {np.round(box.numpy(), 3).tolist()}")
+        run.config["box_world"] = box.tolist()
+        return ImageData(data, rays, to_world, bounds, hull, masks)
+
+    def field_config(self, run: FitRun) -> dict[str, Any]:
+        return copy.deepcopy(run.config["field"])
+
+    def make_grid(self, run: FitRun) -> OccupancyGrid:
+        """The occupancy grid over the fitting box (field coordinates), restricted to the visual hull,
+        with an interrupted run's state when resuming."""
+        data: ImageData = run.data
+        config = run.config["grid"]
+        grid = OccupancyGrid(torch.as_tensor(data.bounds, dtype=torch.float32), int(config["resolution"]),
+                             steps_per_diagonal=int(config["steps_per_diagonal"])).to(run.device)
+        if run.resume is not None:
+            grid.load_state_dict(run.resume["grid"])
+        allowed = hull_cells(data.hull, data.scene.aabb.detach().float(), data.to_world, grid)
+        if allowed is not None:
+            grid.restrict(allowed)
+        return grid
+
+    def placement(self, run: FitRun) -> tuple[dict[str, Any], Any]:
+        return run.data.to_world, run.data.bounds
+
+    def finish(self, run: FitRun) -> None:
+        encoding = run.field.encoding
+        if hasattr(encoding, "set_active_levels"):  # a budget may stop a coarse-to-fine schedule early
+            encoding.set_active_levels(encoding.n_levels)
+
+    def train_records(self, run: FitRun) -> dict[str, Any]:
+        data, step, state = run.data, run.step, run.state
+        terms, last = state.terms, (state.history[-1] if state.history else None)
+        scene = data.scene
+        return {
+            "scene": str(scene.source), "images": len(scene), "width": scene.width, "height": scene.height,
+            "downscale": scene.downscale, "background": list(scene.background),
+            "masks": data.masks, "box_world": run.config.get("box_world"),
+            "rays_per_step": step.n_rays, "near": scene.near, "far": scene.far,
+            "psnr": float(last[1 + terms.index("psnr")]) if last and "psnr" in terms else None,
+            "samples_per_second": step.samples_seen / max(run.seconds, 1e-9),
+        }
+
+    def extras(self, run: FitRun) -> dict[str, Any]:
+        """The occupancy grid rides along: render and resume march through it."""
+        return {"grid": {k: v.detach().cpu() for k, v in run.step.grid.state_dict().items()}}
