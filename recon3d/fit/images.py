@@ -22,6 +22,7 @@ from recon3d.console import info
 from recon3d.errors import InputError, Recon3dError
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.nerf import training_targets
+from recon3d.fit.sdf import ANNEAL_START_LEVELS
 from recon3d.io.scene import Scene, read_scene
 from recon3d.render.hull import hull_box, visual_hull
 from recon3d.render.rays import RayBatch, RaySampler
@@ -204,6 +205,15 @@ def free_space_points(grid: OccupancyGrid, gen: torch.Generator, n: int = FREE_P
     if grid.allowed is None:
         return u[:0]
     return u[~grid.allowed[grid.cell_indices(u)]]
+
+
+def levels_at(progress: float, anneal: float, n_levels: int) -> int:
+    """Hash-grid levels in use at this fraction of the budget: coarse to fine over the first ``anneal``
+    of it (Neuralangelo), from ANNEAL_START_LEVELS to all; all when ``anneal`` is 0."""
+    if anneal <= 0 or progress >= anneal:
+        return n_levels
+    start = min(ANNEAL_START_LEVELS, n_levels)
+    return start + int((n_levels - start + 1) * progress / anneal)
 
 
 def adapt_rays(n_rays: int, samples: int, target_samples: int) -> int:

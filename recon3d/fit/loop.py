@@ -23,7 +23,9 @@ from rich.text import Text
 from recon3d.console import stderr
 from recon3d.device import synchronize
 
-#: step_fn(step, generator) -> {"loss": scalar tensor, other named terms...}
+#: step_fn(step, generator) -> {"loss": scalar tensor, other named terms...}. A step function with a
+#: ``progress`` attribute gets, before each call, the fraction of the budget used so far (steps or
+#: seconds, whichever is further along), so its own schedules end with the budget too.
 StepFn = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
 
 
@@ -179,6 +181,8 @@ class Trainer:
                 time_fraction = elapsed / settings.max_seconds if settings.max_seconds else 0.0
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(settings, step, time_fraction)
+                if hasattr(self.step_fn, "progress"):
+                    self.step_fn.progress = min(max(step / settings.steps, time_fraction), 1.0)
                 if self.on_step is not None:
                     self.on_step(step)
                 with autocast:

@@ -27,11 +27,11 @@ from recon3d.fit.images import (
     draw_targets,
     free_space_points,
     has_masks,
+    levels_at,
 )
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
-from recon3d.fit.sdf import active_levels
 from recon3d.io.scene import Scene
 from recon3d.render.neus import SdfRenderer
 from recon3d.render.samplers import OccupancyGrid
@@ -80,7 +80,6 @@ class NeusStep:
                  n_rays: int) -> None:
         self.field, self.data, self.grid = field, data, grid
         self.weights = config["loss"]
-        self.total = config["settings"].steps
         self.anneal, self.cos_anneal = float(config["anneal"]), float(config["cos_anneal"])
         self.target_samples = int(config["target_samples"])
         self.random_background = bool(config["random_background"])
@@ -89,13 +88,14 @@ class NeusStep:
         self.n_rays = int(n_rays)
         self.samples_seen = 0
         self.levels = field.encoding if hasattr(field.encoding, "set_active_levels") else None
+        self.progress = 0.0  # the fraction of the budget used, set by the training loop
 
     def __call__(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         if self.levels is not None and self.anneal > 0:
-            self.levels.set_active_levels(active_levels(step, self.total, self.anneal, self.levels.n_levels))
+            self.levels.set_active_levels(levels_at(self.progress, self.anneal, self.levels.n_levels))
         self.grid.maybe_update(step, self.renderer.density, generator=gen)
         targets = draw_targets(self.data, self.n_rays, gen, self.random_background, self.device)
-        cos_anneal = min(1.0, step / max(self.cos_anneal * self.total, 1.0))
+        cos_anneal = min(1.0, self.progress / max(self.cos_anneal, 1e-9))
         rendered = self.renderer.render_rays(targets.batch.rays, targets.background, train=True, generator=gen,
                                              cos_anneal=cos_anneal)
         result = rendered.result

@@ -35,11 +35,11 @@ from recon3d.fit.images import (
     draw_targets,
     free_space_points,
     has_masks,
+    levels_at,
 )
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
-from recon3d.fit.sdf import active_levels
 from recon3d.io.scene import Scene
 from recon3d.render.background import render_background
 from recon3d.render.compositing import composite_alphas
@@ -114,13 +114,14 @@ class OccupancyStep:
     def __init__(self, field: torch.nn.Module, data: ImageData, grid: OccupancyGrid, config: dict) -> None:
         self.field, self.data, self.grid = field, data, grid
         self.sampling, self.weights = config["sampling"], config["loss"]
-        self.total, self.anneal = config["settings"].steps, float(config["anneal"])
+        self.anneal = float(config["anneal"])
         self.random_background = bool(config["random_background"])
         self.n_rays = int(config["batch"])
         self.device = grid.aabb.device
         self.bounds = grid.aabb
         self.samples_seen = 0
         self.levels = field.encoding if hasattr(field.encoding, "set_active_levels") else None
+        self.progress = 0.0  # the fraction of the budget used, set by the training loop
 
     def finish_terms(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every step reports the same terms (0 where one did not apply), the training loop logs rows."""
@@ -132,7 +133,7 @@ class OccupancyStep:
 
     def begin(self, step: int, gen: torch.Generator) -> Targets:
         if self.levels is not None and self.anneal > 0:
-            self.levels.set_active_levels(active_levels(step, self.total, self.anneal, self.levels.n_levels))
+            self.levels.set_active_levels(levels_at(self.progress, self.anneal, self.levels.n_levels))
         return draw_targets(self.data, self.n_rays, gen, self.random_background, self.device)
 
     def surface(self, origins: torch.Tensor, directions: torch.Tensor, t0: torch.Tensor,
@@ -163,11 +164,12 @@ class OccupancyStep:
 class UnisurfStep(OccupancyStep):
     """UNISURF: occupancies as opacities at samples in a shrinking interval around the surface."""
 
-    def delta(self, step: int) -> float:
-        """The half-width of the interval around the surface at this step (exponential decay)."""
+    def delta(self) -> float:
+        """The half-width of the interval around the surface now: it decays exponentially with the
+        fraction of the budget used, reaching ``delta_min`` at ``delta_at`` of it."""
         s = self.sampling
-        rate = math.log(s["delta_max"] / s["delta_min"]) / max(s["delta_at"] * self.total, 1.0)
-        return max(s["delta_max"] * math.exp(-rate * step), s["delta_min"])
+        rate = math.log(s["delta_max"] / s["delta_min"]) / max(s["delta_at"], 1e-9)
+        return max(s["delta_max"] * math.exp(-rate * self.progress), s["delta_min"])
 
     def stratified(self, n_rays: int, n: int, gen: torch.Generator) -> torch.Tensor:
         """(R, n) stratified fractions in [0, 1): one uniform draw in each of n equal bins."""
@@ -179,7 +181,7 @@ class UnisurfStep(OccupancyStep):
         origins, directions, t0, t1, valid = field_rays(targets, self.data.to_world, self.bounds)
         t_surface, hit = self.surface(origins, directions, t0, t1)
         n_in, n_out = int(self.sampling["inside"]), int(self.sampling["outside"])
-        delta = self.delta(step)
+        delta = self.delta()
         lo = torch.where(hit, (t_surface - delta).clamp_min(t0), t0)
         hi = torch.where(hit, (t_surface + delta).clamp_max(t1), t1)
         before = torch.where(hit, lo, t0)  # free space in front of the interval (empty without a hit)
