@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import os
 import re
 import signal
@@ -364,37 +363,12 @@ def _fit(command: str, path: Path, output: Path | None, device: str, resume: boo
 
     method = method_for(command, path)
     out = output or Path(method.default_stem(path) + ".pt")
-    inputs = _scene_inputs(path, "train") if path.is_dir() or path.suffix.lower() == ".json" else []
+    inputs = method.input_files(path)
     fit_options = make_options(method, **options)
     torch_device = resolve_device(device)
     summary = fit_file(method, path, fit_options, out, torch_device, resume=resume, show_progress=not quiet,
                        inputs=inputs)
     _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
-
-
-def _scene_inputs(scene: Path, split: str) -> list[Path]:
-    """The existing files a scene's split is read from: its json and the images its frames name (with
-    the extensions the scene reader tries). Cheap and best effort, for output checks only: no image is
-    decoded and anything odd (unreadable, not JSON, not a regular file) is left to the scene reader."""
-    from recon3d.io.scene import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    with contextlib.suppress(OSError, ValueError, RecursionError):
-        jsons = [scene / f"transforms_{split}.json", scene / "transforms.json"] if scene.is_dir() else [scene]
-        for path in jsons:
-            if not path.is_file() or path.stat().st_size > 64 * 2**20:
-                continue
-            found.append(path)
-            meta = json.loads(path.read_text(encoding="utf-8"))
-            frames = meta.get("frames") if isinstance(meta, dict) else None
-            for frame in frames if isinstance(frames, list) else []:
-                name = frame.get("file_path") if isinstance(frame, dict) else None
-                if not isinstance(name, str) or not name or "\0" in name:
-                    continue
-                base = Path(name) if os.path.isabs(name) else path.parent / name
-                candidates = [base] + [base.with_name(base.name + ext) for ext in IMAGE_EXTENSIONS]
-                found += [c for c in candidates if c.name and c.is_file()]
-    return found
 
 
 @app.command("render")
@@ -418,10 +392,11 @@ def render_command(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Render held-out views with PSNR and SSIM per view and mean, or an orbit (PNG frames or a GIF)."""
+    from recon3d.io.scene import scene_files
     from recon3d.render.views import RenderOptions, render_model
 
     options = RenderOptions(split=split, output=output, orbit=orbit, gif=gif, limit=limit, downscale=downscale)
-    inputs = [model, *_scene_inputs(scene, "train" if orbit else split)]
+    inputs = [model, *scene_files(scene, "train" if orbit else split)]
     if output is not None:
         if str(output) == "-":
             raise Recon3dError("-o -: render writes image files into a folder; give a folder name")

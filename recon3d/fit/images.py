@@ -23,7 +23,7 @@ from recon3d.errors import InputError, Recon3dError
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.nerf import training_targets
 from recon3d.fit.sdf import ANNEAL_START_LEVELS
-from recon3d.io.scene import Scene, read_scene
+from recon3d.io.scene import Scene, read_scene, scene_files
 from recon3d.render.hull import hull_box, visual_hull
 from recon3d.render.rays import RayBatch, RaySampler
 from recon3d.render.samplers import OccupancyGrid
@@ -235,6 +235,9 @@ class ImagesMethod(Method):
 
     def accepts(self, path: Path) -> bool:
         return looks_like_scene(path)
+
+    def input_files(self, path: Path) -> list[Path]:
+        return scene_files(Path(path), "train")
 
     def default_stem(self, path: Path) -> str:
         return path.stem if path.suffix.lower() == ".json" else path.name

@@ -75,6 +75,11 @@ class Method(ABC):
         """Whether this method reads ``path`` (the input decides among the methods of one command)."""
         return True
 
+    def input_files(self, path: Path) -> list[Path]:
+        """The files the input consists of besides ``path`` itself (a scene's json and images), which
+        the output must not overwrite."""
+        return []
+
     def default_stem(self, path: Path) -> str:
         """The checkpoint's default file name without ``.pt``."""
         return path.stem

@@ -32,7 +32,7 @@ from recon3d.fit.loop import StepFn, Trainer
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
 from recon3d.fit.run import fit
-from recon3d.io.scene import Scene, read_scene
+from recon3d.io.scene import Scene, read_scene, scene_files
 from recon3d.render.model import GRID, make_grid
 from recon3d.render.rays import RaySampler
 from recon3d.render.renderer import Sampling, render_rays
@@ -142,6 +142,9 @@ class RadianceFromImages(Method):
     records = ("scene", "images", "width", "height", "downscale", "background", "near", "far", "psnr",
                "samples_per_second")
     summary = ("images", "psnr", "samples_per_second")
+
+    def input_files(self, path: Path) -> list[Path]:
+        return scene_files(Path(path), "train")
 
     def default_stem(self, path: Path) -> str:
         return path.stem if path.suffix == ".json" else path.name

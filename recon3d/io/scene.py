@@ -36,6 +36,7 @@ downscaled averages) are stored as float32.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -924,3 +925,26 @@ def _as_numpy(array) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu().numpy()
     return np.asarray(array)
+
+
+def scene_files(scene: Path, split: str) -> list[Path]:
+    """The existing files a scene's split is read from: its json and the images its frames name (with
+    the extensions the scene reader tries). Cheap and best effort, for output checks only: no image is
+    decoded and anything odd (unreadable, not JSON, not a regular file) is left to the scene reader."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        jsons = [scene / f"transforms_{split}.json", scene / "transforms.json"] if scene.is_dir() else [scene]
+        for path in jsons:
+            if not path.is_file() or path.stat().st_size > 64 * 2**20:
+                continue
+            found.append(path)
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            frames = meta.get("frames") if isinstance(meta, dict) else None
+            for frame in frames if isinstance(frames, list) else []:
+                name = frame.get("file_path") if isinstance(frame, dict) else None
+                if not isinstance(name, str) or not name or "\0" in name:
+                    continue
+                base = Path(name) if os.path.isabs(name) else path.parent / name
+                candidates = [base] + [base.with_name(base.name + ext) for ext in IMAGE_EXTENSIONS]
+                found += [c for c in candidates if c.name and c.is_file()]
+    return found
