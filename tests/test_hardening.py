@@ -252,6 +252,24 @@ def test_bad_input_is_one_error_line(case, existing, work, bad, scan, scene):
     assert no_temporaries(folder)
 
 
+#: The scene cases of fit-nerf, which the image-based fit-sdf and fit-occupancy read with the same reader.
+SCENE_CASES = [case for case, (args, _, _) in CASES.items() if args[0] == "fit-nerf"]
+
+
+@pytest.mark.parametrize("command", ["fit-sdf", "fit-occupancy"])
+@pytest.mark.parametrize("case", SCENE_CASES)
+def test_bad_scenes_are_one_error_line_for_the_image_fits(case, command, work, bad):
+    """Every bad scene fit-nerf refuses is refused the same way by fit-sdf and fit-occupancy on a scene."""
+    args, key, fragment = CASES[case]
+    folder = work / f"scene_out_{abs(hash((case, command)))}"
+    folder.mkdir()
+    out = folder / "result.pt"
+    result = run(command, args[1].format(**{k: str(v) for k, v in bad.items()}), "-o", out, *CPU_FIT)
+    line = assert_clean_error(result, fragment)
+    assert str(bad[key]) in line, line
+    assert not out.exists() and no_temporaries(folder)
+
+
 def test_unreadable_input_is_one_error_line(work, scan, monkeypatch):
     """A scan the user may not read (EACCES, simulated: as root every file is readable)."""
     real = Path.read_bytes
