@@ -323,6 +323,7 @@ def fit_nerf_command(
     lr: Optional[float] = LrOpt,
     downscale: Optional[int] = DownscaleOpt,
     white_background: Optional[bool] = BackgroundOpt,
+    box: Optional[str] = BoxOpt,
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -334,7 +335,7 @@ def fit_nerf_command(
     """Fit a radiance field (NeRF) to posed images; render it with `render`, mesh it with `extract-mesh`."""
     _fit("fit-nerf", scene, output, device, resume, as_json, quiet, preset=preset, steps=steps,
          max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp,
-         **_scene_options(downscale, white_background, None))
+         **_scene_options(downscale, white_background, box))
 
 
 def _scene_options(downscale: int | None, white_background: bool | None, box: str | None) -> dict[str, Any]:

@@ -169,3 +169,25 @@ def test_sigterm_then_resume_equals_one_run(scene_dir: Path, tmp_path: Path, mon
             diff = (resumed[part][key].float() - value.float()).abs().max()
             assert torch.equal(resumed[part][key], value), (part, key, diff)
     assert resumed["train"]["history"] == expected["train"]["history"]
+
+
+def test_a_capture_without_masks_gets_a_region_and_a_background(tmp_path: Path) -> None:
+    """RGB images (no alpha): the field covers the region the cameras look at, smaller than the scene's
+    box, and a background field explains the rest; render and info work on it."""
+    from PIL import Image
+
+    folder = write_spheres_scene(tmp_path / "rgb", n_train=8, n_val=1, size=24)
+    for png in folder.rglob("*.png"):
+        rgba = Image.open(png).convert("RGBA")
+        Image.alpha_composite(Image.new("RGBA", rgba.size, (40, 90, 160, 255)), rgba).convert("RGB").save(png)
+    out = tmp_path / "rgb.pt"
+    summary = fit_nerf(read_scene(folder, "train", keep_alpha=True), NerfOptions(steps=3), out, CPU,
+                       show_progress=False)
+    assert np.isfinite(summary["loss"])
+    checkpoint = load_checkpoint(out)
+    assert "background" in checkpoint["field"]
+    lo, hi = np.asarray(checkpoint["field"]["aabb"])
+    assert (hi - lo).max() < 3.0  # the scene's box is [-1.5, 1.5]^3
+    renderer = load_renderer(checkpoint, CPU)
+    result = render_split(renderer, read_scene(folder, "val"), None)
+    assert np.isfinite(result["psnr"])

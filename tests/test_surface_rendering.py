@@ -144,3 +144,35 @@ def test_visual_hull_of_a_sphere_holds_it_and_little_else():
     lo, hi = hull_box(hull, box)
     assert bool((lo > -1.0).all()) and bool((hi < 1.0).all()) and bool((lo < -0.5).all())
 
+
+
+def test_contraction_and_background_compositing():
+    """Contraction keeps the unit ball and maps everything else into the ball of radius 2; an empty
+    background field lets the colour behind through, an opaque one shows its own colour."""
+    from recon3d.render.background import FAR, background_samples, box_exit, contract, render_background
+
+    points = torch.tensor([[0.5, 0.0, 0.0], [2.0, 0.0, 0.0], [1e6, 0.0, 0.0]])
+    contracted = contract(points)
+    torch.testing.assert_close(contracted[0], points[0])
+    torch.testing.assert_close(contracted[1], torch.tensor([1.5, 0.0, 0.0]))
+    assert 1.99 < float(contracted[2].norm()) <= 2.0
+    t = background_samples(torch.tensor([1.0, 3.0]), 8, train=False)
+    assert bool((t[:, 1:] > t[:, :-1]).all()) and float(t.min()) > 1.0 and float(t.max()) < FAR
+
+    class Uniform(torch.nn.Module):
+        def __init__(self, sigma: float) -> None:
+            super().__init__()
+            self.sigma = sigma
+
+        def forward(self, x, d):
+            return torch.full(x.shape[:-1], self.sigma), torch.tensor([0.0, 1.0, 0.0]).expand(*x.shape[:-1], 3)
+
+    origins, directions = torch.tensor([[0.0, 0.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    box = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    exits = box_exit(origins, directions, box)
+    assert float(exits[0]) == pytest.approx(4.0)
+    behind = torch.tensor([1.0, 0.0, 0.0])
+    empty = render_background(Uniform(0.0), origins, directions, exits, 16, behind)
+    opaque = render_background(Uniform(1e4), origins, directions, exits, 16, behind)
+    torch.testing.assert_close(empty[0], behind)
+    torch.testing.assert_close(opaque[0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-4, rtol=0)

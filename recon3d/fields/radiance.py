@@ -153,7 +153,10 @@ class RadianceField(nn.Module):
 
     def __init__(self, architecture: str, aabb: list, position_encoding: dict, direction_encoding: dict,
                  density_mlp: dict, geo_features: int, color_mlp: dict, density_activation: str = "trunc_exp",
-                 density_bias: float = 0.0, level: float = DEFAULT_DENSITY_LEVEL, inside: str = "above") -> None:
+                 density_bias: float = 0.0, level: float = DEFAULT_DENSITY_LEVEL, inside: str = "above",
+                 background: dict | None = None) -> None:
+        """``background``: the config of a second radiance field over contracted space that explains what
+        lies beyond ``aabb`` (captures without masks; recon3d.render.background), or None."""
         super().__init__()
         self.config = copy.deepcopy({
             "architecture": architecture, "aabb": [list(map(float, c)) for c in aabb],
@@ -186,6 +189,10 @@ class RadianceField(nn.Module):
             raise ValueError(f"unknown radiance architecture {architecture!r} (known: paper, fast)")
         self.color_mlp = MLP(in_dim=int(geo_features) + self.direction_encoding.out_dim, out_dim=3,
                              hidden=int(color_mlp["hidden"]), n_layers=int(color_mlp["n_layers"]), activation="relu")
+        self.background = None
+        if background is not None:
+            self.background = RadianceField(**background)
+            self.config["background"] = copy.deepcopy(self.background.config)
 
     @staticmethod
     def summary(config: dict) -> dict[str, str | None]:

@@ -31,6 +31,7 @@ from recon3d.fit import losses
 from recon3d.fit.loop import StepFn, Trainer
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.region import background_field, check_box, fitting_box, has_masks
 from recon3d.fit.run import fit
 from recon3d.io.scene import Scene, read_scene, scene_files
 from recon3d.render.model import GRID, make_grid
@@ -64,15 +65,28 @@ class NerfOptions(FitOptions):
     random_background: bool = True
     downscale: int = 1
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    box: tuple[float, float, float, float, float, float] | None = None
 
 
 def resolve_preset(options: NerfOptions, scene: Scene, device: torch.device) -> dict[str, Any]:
-    """The run config for this scene and device: field, sampling, occupancy grid, settings, rays."""
+    """The run config for this scene and device: field, sampling, occupancy grid, settings, rays.
+
+    The field covers the scene's box, or ``--box``. A capture without masks fitted with the ``fast``
+    preset covers its region of interest instead (recon3d.fit.region) and gets a background field
+    over contracted space for everything beyond it, so a hand-held capture needs no hand-tuned box
+    and its mesh holds the region only.
+    """
     preset = choose_preset(PRESETS, options.preset)
     budget = pick(preset["budget"], device)
-    field = radiance_preset(options.preset, scene.aabb.tolist())
+    box = check_box(options.box)
+    unbounded = options.preset == "fast" and not has_masks(scene)
+    if box is None and unbounded:
+        box = fitting_box(scene, None)[0].flatten().tolist()
+    field = radiance_preset(options.preset, scene.aabb.tolist() if box is None else [box[:3], box[3:]])
     if options.preset == "fast":
         field["position_encoding"] = hashgrid_config(device.type)
+    if unbounded:
+        field["background"] = background_field(device)
     sampling = Sampling(near=float(scene.near), far=float(scene.far), **preset["sampling"]).to_dict()
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
     return {"field": field, "sampling": sampling, "grid": pick(GRID, device),

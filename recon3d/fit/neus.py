@@ -22,16 +22,14 @@ from recon3d.fit.images import (
     ImagesMethod,
     ImagesOptions,
     adapt_rays,
-    background_field,
-    check_box,
     draw_targets,
     free_space_points,
-    has_masks,
     levels_at,
 )
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.region import background_field, check_box, has_masks
 from recon3d.io.scene import Scene
 from recon3d.render.neus import SdfRenderer
 from recon3d.render.samplers import OccupancyGrid

@@ -30,20 +30,17 @@ from recon3d.fit.images import (
     ImagesMethod,
     ImagesOptions,
     Targets,
-    background_field,
-    check_box,
     draw_targets,
     free_space_points,
-    has_masks,
     levels_at,
 )
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.region import background_field, check_box, has_masks
 from recon3d.io.scene import Scene
-from recon3d.render.background import render_background
+from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
 from recon3d.render.compositing import composite_alphas
-from recon3d.render.neus import BACKGROUND_SAMPLES, box_exit
 from recon3d.render.rays import ray_aabb
 from recon3d.render.samplers import OccupancyGrid
 from recon3d.render.surface import differentiable_hits, find_surface

@@ -13,9 +13,12 @@ import torch
 from torch import Tensor
 
 from recon3d.render.compositing import composite
+from recon3d.render.rays import ray_aabb
 
 #: How far the background samples reach (field units: the fitting box spans about 2).
 FAR = 1000.0
+#: Background samples per ray.
+BACKGROUND_SAMPLES = 32
 
 
 def contract(x: Tensor) -> Tensor:
@@ -49,3 +52,11 @@ def render_background(field: torch.nn.Module, origins: Tensor, directions: Tenso
     cumulative = torch.cumsum(length, dim=1)
     sigmas, rgbs = field(0.5 * (starts_c + ends_c), directions[:, None, :].expand_as(starts_c))
     return composite(sigmas, rgbs, cumulative - length, cumulative, colour).rgb
+
+
+def box_exit(origins: Tensor, directions: Tensor, box: Tensor) -> Tensor:
+    """(R,) where rays leave the box; for rays that miss it, their closest approach to the origin."""
+    _, t_far, hit = ray_aabb(origins, directions, box)
+    closest = (-(origins * directions).sum(dim=-1) / (directions * directions).sum(dim=-1).clamp_min(1e-12))
+    closest = closest.clamp_min(0.0)
+    return torch.where(hit, t_far, closest)

@@ -19,13 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recon3d.render.background import render_background
+from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
 from recon3d.render.compositing import Composite, composite_alphas_packed
-from recon3d.render.rays import Rays, ray_aabb
+from recon3d.render.rays import Rays
 from recon3d.render.samplers import OccupancyGrid
-
-#: Background samples per ray (captures without masks, recon3d.render.background).
-BACKGROUND_SAMPLES = 32
 
 
 def neus_alphas(sdf: Tensor, cos: Tensor, lengths: Tensor, inv_s: Tensor | float,
@@ -116,9 +113,3 @@ def with_background(field: torch.nn.Module, result: Composite, origins: Tensor, 
                              colour, train=train, generator=generator)
     return result.rgb + (1.0 - result.opacity[:, None]) * seen
 
-
-def box_exit(origins: Tensor, directions: Tensor, box: Tensor) -> Tensor:
-    """(R,) where rays leave the box; for rays that miss it, their closest approach to the origin."""
-    _, t_far, hit = ray_aabb(origins, directions, box)
-    closest = (-(origins * directions).sum(dim=-1)).clamp_min(0.0)
-    return torch.where(hit, t_far, closest)

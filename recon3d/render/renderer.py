@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from recon3d.device import map_in_chunks
+from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
 from recon3d.render.compositing import Composite, composite, composite_packed
 from recon3d.render.rays import Rays, image_rays
 from recon3d.render.samplers import OccupancyGrid, importance_samples, samples_to_intervals, stratified_samples
@@ -59,8 +60,12 @@ def render_rays(field: torch.nn.Module, rays: Rays, sampling: Sampling, grid: Oc
         mids = 0.5 * (t_starts + t_ends)
         positions = origins[ray_indices] + directions[ray_indices] * mids[:, None]
         sigmas, rgbs = field(positions, directions[ray_indices], noise_std=noise_std)
-        result = composite_packed(ray_indices, sigmas, rgbs, t_starts, t_ends, n_rays, background)
-        return Rendered(result, None, int(ray_indices.numel()))
+        if getattr(field, "background", None) is None:
+            result = composite_packed(ray_indices, sigmas, rgbs, t_starts, t_ends, n_rays, background)
+            return Rendered(result, None, int(ray_indices.numel()))
+        result = composite_packed(ray_indices, sigmas, rgbs, t_starts, t_ends, n_rays, None)
+        result.rgb = _with_background(field, result, origins, directions, background, train, generator)
+        return Rendered(result, None, int(ray_indices.numel()) + n_rays * BACKGROUND_SAMPLES)
     if sampling.kind != "hierarchical":
         raise ValueError(f"unknown sampling {sampling.kind!r} (known: grid, hierarchical)")
     near = torch.full((n_rays,), sampling.near, device=origins.device)
@@ -111,3 +116,18 @@ def render_image(model, scene, index: int, sampling: Sampling | None = None, gri
         "depth": depth.reshape(shape).float().cpu().numpy(),
         "opacity": opacity.reshape(shape).float().cpu().numpy(),
     }
+
+
+def _with_background(field: torch.nn.Module, result: Composite, origins: Tensor, directions: Tensor,
+                     colour: Tensor, train: bool, generator: torch.Generator | None) -> Tensor:
+    """(R, 3) the foreground over black plus what its transmittance lets through of the field's
+    background radiance field, in the field's normalised coordinates (its box is [-1, 1]^3)."""
+    lo, hi = field.aabb_min, field.aabb_max
+    scale = 2.0 / (hi - lo)
+    normalised_origins = field.normalize(origins)
+    normalised_directions = directions * scale  # not unit length when the box is not a cube
+    box = torch.stack([-torch.ones(3, device=lo.device), torch.ones(3, device=lo.device)])
+    exits = box_exit(normalised_origins, normalised_directions, box)
+    seen = render_background(field.background, normalised_origins, normalised_directions, exits,
+                             BACKGROUND_SAMPLES, colour, train=train, generator=generator)
+    return result.rgb + (1.0 - result.opacity[:, None]) * seen

@@ -99,8 +99,7 @@ class SurfaceRenderer:
         opacity = hit.float()
         background = torch.as_tensor(background, device=device, dtype=rgb.dtype).expand_as(rgb)
         if self.field.background is not None:
-            from recon3d.render.background import render_background
-            from recon3d.render.neus import BACKGROUND_SAMPLES, box_exit
+            from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
 
             exit_ = box_exit(origins, directions, self.bounds.to(device))
             background = render_background(self.field.background, origins, directions, exit_,
