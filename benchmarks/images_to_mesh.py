@@ -229,8 +229,10 @@ def run_method(method: str, scene: Path, out: Path, split: str, args: argparse.N
     model, mesh_path, log_path = out / f"{method}.pt", out / f"{method}.ply", out / f"{method}.log"
     log_path.write_text("", encoding="utf-8")
     device = ["--device", args.device]
-    fit_argv = [command, str(scene), "-o", str(model), "--json", "--max-seconds", str(args.max_seconds), *device,
-                *extra]
+    # The time budget alone ends every fit (--steps far beyond what it allows), so all methods train for
+    # the same seconds rather than stopping at their presets' different step counts.
+    fit_argv = [command, str(scene), "-o", str(model), "--json", "--max-seconds", str(args.max_seconds),
+                "--steps", str(args.steps), *device, *extra]
     if args.downscale != 1:
         fit_argv += ["--downscale", str(args.downscale)]
     row: dict[str, Any] = {"method": method, "command": command, "preset": extra[1] if extra else None,
@@ -409,6 +411,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--downscale", type=int, default=1, help="fit-* --downscale")
     p.add_argument("--device", default="auto", help="recon3d --device")
     p.add_argument("--max-seconds", type=float, default=60.0, help="training budget of every fit, seconds")
+    p.add_argument("--steps", type=int, default=10**6,
+                   help="step budget of every fit (default: so many that --max-seconds ends the fit)")
     p.add_argument("--resolution", type=int, default=None, help="extract-mesh --resolution [its default]")
     p.add_argument("--eval-samples", type=int, default=200_000, help="surface samples per mesh for the metrics")
     p.add_argument("--lego", type=Path, default=None, help="nerf_synthetic lego folder: every method, val PSNR, "

@@ -6,6 +6,8 @@ Each returns a scalar tensor (the batch mean).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -87,3 +89,20 @@ def outside_loss(values: Tensor) -> Tensor:
 def normal_smoothness(normals: Tensor, nearby: Tensor) -> Tensor:
     """mean ‖n(x) − n(x + ε)‖ over surface points (N, 3): UNISURF's and DVR's smoothness prior."""
     return (normals - nearby).norm(dim=-1).mean()
+
+
+def depth_termination_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                           depth: Tensor, sigma: Tensor, n_rays: int) -> Tensor:
+    """DS-NeRF's ray-termination loss (Deng et al. 2022) on packed samples: for each ray, the cross
+    entropy −Σᵢ gᵢ log(wᵢ) between a Gaussian at the observed depth D (n_rays,) with uncertainty σ
+    (n_rays,), discretised on the ray's intervals (M,) and normalised to sum to 1 (gᵢ ∝ N(tᵢ; D, σ²) Δtᵢ,
+    so it stays a distribution when σ is smaller than an interval), and the ray's compositing weights
+    wᵢ (M,) of rays ``ray_indices`` (M,); the mean over rays. Small when the ray stops where the point is."""
+    mids, lengths = 0.5 * (t_starts + t_ends), t_ends - t_starts
+    target, spread = depth[ray_indices], sigma[ray_indices]
+    mass = torch.exp(-0.5 * ((mids - target) / spread) ** 2) * lengths / (spread * math.sqrt(2.0 * math.pi))
+    total = torch.zeros(n_rays, device=weights.device, dtype=mass.dtype).index_add(0, ray_indices, mass)
+    share = (mass / total[ray_indices].clamp_min(1e-12)).detach()
+    per_sample = -torch.log(weights + 1e-10) * share
+    per_ray = torch.zeros(n_rays, device=weights.device, dtype=per_sample.dtype).index_add(0, ray_indices, per_sample)
+    return per_ray.mean()

@@ -28,6 +28,7 @@ from recon3d.errors import Recon3dError
 from recon3d.fields.encodings import hashgrid_config
 from recon3d.fields.radiance import radiance_preset
 from recon3d.fit import losses
+from recon3d.fit.depth import DepthRays, depth_rays
 from recon3d.fit.loop import StepFn, Trainer
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
@@ -39,19 +40,21 @@ from recon3d.render.rays import RaySampler
 from recon3d.render.renderer import Sampling, render_rays
 from recon3d.render.samplers import OccupancyGrid
 
+#: Weight of the depth-supervision term (DS-NeRF), on when a scene has sparse points.
+DEPTH_WEIGHT = 0.05
 #: Samples per batch the fast preset aims at, and the bounds on its ray count.
 MIN_RAYS, MAX_RAYS = 256, 1 << 16
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
         "sampling": {"kind": "grid"},
-        "budget": {"cuda": {"steps": 20000, "batch": 4096, "lr": 1e-2, "target_samples": 1 << 18},
-                   "cpu": {"steps": 500, "batch": 1024, "lr": 1e-2, "target_samples": 1 << 14}},
+        "budget": {"cuda": {"steps": 20000, "batch": 4096, "lr": 1e-2, "target_samples": 1 << 18, "depth_rays": 1024},
+                   "cpu": {"steps": 500, "batch": 1024, "lr": 1e-2, "target_samples": 1 << 14, "depth_rays": 128}},
     },
     "paper": {
         "sampling": {"kind": "hierarchical", "coarse": 64, "fine": 128},
-        "budget": {"cuda": {"steps": 200000, "batch": 4096, "lr": 5e-4, "target_samples": 0},
-                   "cpu": {"steps": 500, "batch": 256, "lr": 5e-4, "target_samples": 0}},
+        "budget": {"cuda": {"steps": 200000, "batch": 4096, "lr": 5e-4, "target_samples": 0, "depth_rays": 0},
+                   "cpu": {"steps": 500, "batch": 256, "lr": 5e-4, "target_samples": 0, "depth_rays": 0}},
     },
 }
 
@@ -66,6 +69,7 @@ class NerfOptions(FitOptions):
     downscale: int = 1
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     box: tuple[float, float, float, float, float, float] | None = None
+    depth: bool = True  # depth supervision from the scene's sparse points, when it has them
 
 
 def resolve_preset(options: NerfOptions, scene: Scene, device: torch.device) -> dict[str, Any]:
@@ -89,9 +93,12 @@ def resolve_preset(options: NerfOptions, scene: Scene, device: torch.device) -> 
         field["background"] = background_field(device)
     sampling = Sampling(near=float(scene.near), far=float(scene.far), **preset["sampling"]).to_dict()
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
-    return {"field": field, "sampling": sampling, "grid": pick(GRID, device),
-            "settings": settings, "batch": make_batch(budget, options.batch),
-            "target_samples": int(budget["target_samples"]), "random_background": bool(options.random_background)}
+    config = {"field": field, "sampling": sampling, "grid": pick(GRID, device),
+              "settings": settings, "batch": make_batch(budget, options.batch),
+              "target_samples": int(budget["target_samples"]), "random_background": bool(options.random_background)}
+    if getattr(scene, "sparse", None) is not None and options.depth:  # DS-NeRF: on when there are points
+        config.update(depth=DEPTH_WEIGHT, depth_rays=int(budget["depth_rays"]))
+    return config
 
 
 def training_targets(scene: Scene) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -115,8 +122,13 @@ class NerfStep:
 
     def __init__(self, field: torch.nn.Module, grid: OccupancyGrid | None, rays: RaySampler, sampling: Sampling,
                  background: tuple[float, float, float], batch: int, target_samples: int,
-                 random_background: bool) -> None:
+                 random_background: bool, depth: DepthRays | None = None, depth_weight: float = 0.0,
+                 depth_rays: int = 0) -> None:
+        """``depth``: sparse points' observations, fitted with weight ``depth_weight`` on ``depth_rays``
+        of them per step (DS-NeRF; grid sampling only)."""
         self.field, self.grid, self.rays, self.sampling = field, grid, rays, sampling
+        self.depth = depth if depth_weight > 0 and depth_rays > 0 and sampling.kind == "grid" else None
+        self.depth_weight, self.depth_rays = float(depth_weight), int(depth_rays)
         self.device = rays.device
         self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
         self.n_rays = int(batch)
@@ -144,7 +156,16 @@ class NerfStep:
         if self.target_samples and rendered.samples > 0:  # instant-ngp: keep samples per batch constant
             scaled = self.n_rays * self.target_samples / rendered.samples
             self.n_rays = int(min(max(0.5 * self.n_rays + 0.5 * scaled, MIN_RAYS), MAX_RAYS))
-        return {"loss": loss, "psnr": losses.psnr(mse)}
+        terms = {"loss": loss, "psnr": losses.psnr(mse)}
+        if self.depth is not None:
+            rays, target_depth, sigma = self.depth.sample(self.depth_rays, gen)
+            seen = render_rays(self.field, rays, self.sampling, self.grid, self.background, train=True,
+                               generator=gen)
+            terms["depth"] = losses.depth_termination_loss(seen.result.weights, seen.t_starts, seen.t_ends,
+                                                           seen.ray_indices, target_depth, sigma, len(target_depth))
+            terms["loss"] = loss + self.depth_weight * terms["depth"]
+            self.samples_seen += seen.samples
+        return terms
 
 
 class RadianceFromImages(Method):
@@ -198,7 +219,8 @@ class RadianceFromImages(Method):
         rays = RaySampler(scene.pixels, scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy, scene.distortion,
                           device=device, decode=training_targets(scene))
         return NerfStep(run.field, grid, rays, Sampling(**config["sampling"]), scene.background, batch,
-                        config["target_samples"], config["random_background"])
+                        config["target_samples"], config["random_background"], depth=depth_rays(scene, device),
+                        depth_weight=float(config.get("depth", 0.0)), depth_rays=int(config.get("depth_rays", 0)))
 
     def train_records(self, run: FitRun) -> dict[str, Any]:
         scene, step, state = run.data, run.step, run.state

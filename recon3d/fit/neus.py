@@ -17,6 +17,7 @@ import torch
 
 from recon3d.fields.encodings import HASHGRID
 from recon3d.fit import losses
+from recon3d.fit.depth import depth_rays
 from recon3d.fit.images import (
     ImageData,
     ImagesMethod,
@@ -28,6 +29,7 @@ from recon3d.fit.images import (
 )
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun
+from recon3d.fit.nerf import DEPTH_WEIGHT
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
 from recon3d.fit.region import background_field, check_box, has_masks
 from recon3d.io.scene import Scene
@@ -50,22 +52,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "anneal": 0.2, "cos_anneal": 0.2,
         "grid": {"cuda": {"resolution": 128, "steps_per_diagonal": 1024},
                  "cpu": {"resolution": 64, "steps_per_diagonal": 256}},
-        "budget": {"cuda": {"steps": 3000, "batch": 4096, "lr": 1e-2, "target_samples": 1 << 18},
-                   "cpu": {"steps": 800, "batch": 1024, "lr": 1e-2, "target_samples": 1 << 14}},
+        "budget": {"cuda": {"steps": 3000, "batch": 4096, "lr": 1e-2, "target_samples": 1 << 18, "depth_rays": 1024},
+                   "cpu": {"steps": 800, "batch": 1024, "lr": 1e-2, "target_samples": 1 << 14, "depth_rays": 128}},
     },
 }
 
 
-def resolve_preset(options: ImagesOptions, device: torch.device, masks: bool = True) -> dict[str, Any]:
-    """The run config for this device; images without masks get a background field."""
+def resolve_preset(options: ImagesOptions, device: torch.device, masks: bool = True,
+                   sparse_points: bool = False) -> dict[str, Any]:
+    """The run config for this device; images without masks get a background field, scenes with sparse
+    points depth supervision (DS-NeRF)."""
     preset = choose_preset(PRESETS, options.preset)
     budget = pick(preset["budget"], device)
     settings = make_settings(budget, options.steps, options.max_seconds, options.lr, options.seed, options.amp)
     field = {**pick(preset["field"], device), "level": 0.0, "inside": "below"}
     if not masks:
         field["background"] = background_field(device)
+    depth = {"depth": DEPTH_WEIGHT} if sparse_points else {}
     return {"field": field,
-            "loss": dict(preset["loss"]), "anneal": preset["anneal"], "cos_anneal": preset["cos_anneal"],
+            "loss": {**preset["loss"], **depth}, "depth_rays": int(budget.get("depth_rays", 0)),
+            "anneal": preset["anneal"], "cos_anneal": preset["cos_anneal"],
             "grid": pick(preset["grid"], device), "settings": settings, "batch": make_batch(budget, options.batch),
             "target_samples": int(budget["target_samples"]), "random_background": bool(options.random_background),
             "box": check_box(options.box), "sampling": {"kind": "neus"}}
@@ -87,6 +93,8 @@ class NeusStep:
         self.samples_seen = 0
         self.levels = field.encoding if hasattr(field.encoding, "set_active_levels") else None
         self.progress = 0.0  # the fraction of the budget used, set by the training loop
+        self.depth = depth_rays(data.scene, self.device) if self.weights.get("depth", 0.0) > 0 else None
+        self.depth_rays = int(config.get("depth_rays", 0))
 
     def __call__(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         if self.levels is not None and self.anneal > 0:
@@ -110,6 +118,13 @@ class NeusStep:
             if len(free):
                 terms["free"] = losses.outside_loss(self.field(free))
                 loss = loss + self.weights["free"] * terms["free"]
+        if self.depth is not None:  # DS-NeRF on the scene's sparse points
+            rays, target_depth, sigma = self.depth.sample(self.depth_rays, gen)
+            seen = self.renderer.render_rays(rays, targets.background.new_zeros(3), train=True, generator=gen,
+                                             cos_anneal=cos_anneal)
+            terms["depth"] = losses.depth_termination_loss(seen.result.weights, seen.t_starts, seen.t_ends,
+                                                           seen.ray_indices, target_depth, sigma, len(target_depth))
+            loss = loss + self.weights["depth"] * terms["depth"]
         with torch.no_grad():
             terms["psnr"] = losses.psnr(torch.mean((result.rgb - targets.rgb) ** 2))
         self.samples_seen += rendered.samples
@@ -130,7 +145,8 @@ class SdfFromImages(ImagesMethod):
 
     def configure(self, options: FitOptions, data: Scene, device: torch.device) -> dict[str, Any]:
         assert isinstance(options, ImagesOptions)
-        return resolve_preset(options, device, masks=has_masks(data))
+        return resolve_preset(options, device, masks=has_masks(data),
+                              sparse_points=getattr(data, "sparse", None) is not None)
 
     def make_step(self, run: FitRun) -> StepFn:
         n_rays = run.config["batch"]

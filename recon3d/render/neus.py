@@ -54,6 +54,9 @@ class SdfRendering:
     sdf: Tensor  # (M,)
     grad: Tensor  # (M, 3) ∇f at the samples
     samples: int
+    ray_indices: Tensor | None = None  # (M,) the samples' rays
+    t_starts: Tensor | None = None  # (M,) their intervals, world units
+    t_ends: Tensor | None = None
 
 
 class SdfRenderer:
@@ -102,7 +105,8 @@ class SdfRenderer:
         if self.field.background is not None:
             result.rgb = with_background(self.field.background, result, origins, directions, self.grid.aabb,
                                          background, train, generator)
-        return SdfRendering(result, sdf, grad, int(ray_indices.numel()))
+        return SdfRendering(result, sdf, grad, int(ray_indices.numel()), ray_indices, t_starts * self.scale,
+                            t_ends * self.scale)
 
 
 def with_background(field: torch.nn.Module, result: Composite, origins: Tensor, directions: Tensor, box: Tensor,

@@ -44,6 +44,10 @@ class Rendered:
     result: Composite
     coarse: Composite | None
     samples: int
+    #: Grid sampling: the packed samples' rays (M,) and intervals (M,), which the weights belong to.
+    ray_indices: Tensor | None = None
+    t_starts: Tensor | None = None
+    t_ends: Tensor | None = None
 
 
 def render_rays(field: torch.nn.Module, rays: Rays, sampling: Sampling, grid: OccupancyGrid | None,
@@ -60,12 +64,13 @@ def render_rays(field: torch.nn.Module, rays: Rays, sampling: Sampling, grid: Oc
         mids = 0.5 * (t_starts + t_ends)
         positions = origins[ray_indices] + directions[ray_indices] * mids[:, None]
         sigmas, rgbs = field(positions, directions[ray_indices], noise_std=noise_std)
+        samples = (ray_indices, t_starts, t_ends)
         if getattr(field, "background", None) is None:
             result = composite_packed(ray_indices, sigmas, rgbs, t_starts, t_ends, n_rays, background)
-            return Rendered(result, None, int(ray_indices.numel()))
+            return Rendered(result, None, int(ray_indices.numel()), *samples)
         result = composite_packed(ray_indices, sigmas, rgbs, t_starts, t_ends, n_rays, None)
         result.rgb = _with_background(field, result, origins, directions, background, train, generator)
-        return Rendered(result, None, int(ray_indices.numel()) + n_rays * BACKGROUND_SAMPLES)
+        return Rendered(result, None, int(ray_indices.numel()) + n_rays * BACKGROUND_SAMPLES, *samples)
     if sampling.kind != "hierarchical":
         raise ValueError(f"unknown sampling {sampling.kind!r} (known: grid, hierarchical)")
     near = torch.full((n_rays,), sampling.near, device=origins.device)
