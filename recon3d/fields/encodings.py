@@ -3,9 +3,10 @@
 Each encoding maps (N, in_dim) points in the normalised cube [-1, 1]^3 to (N, out_dim) features:
 - ``FrequencyEncoding``: NeRF's positional encoding [x, sin(2^k πx), cos(2^k πx)], k < L.
 - ``FourierFeatures``: random Gaussian Fourier features (Tancik et al. 2020).
-- ``HashGridEncoding``: instant-ngp's multiresolution hash grid, written in plain torch so it runs
-  on CPU and GPU; it supports double backward, and gives its Jacobian ∂h/∂x directly
-  (``forward_with_jacobian``) so that the eikonal term needs only first-order autograd.
+- ``HashGridEncoding``: instant-ngp's multiresolution hash grid, in plain torch on the CPU (double
+  backward supported) and through fused Triton kernels on a GPU (``recon3d.fields.hashgrid_triton``);
+  it gives its Jacobian ∂h/∂x directly (``forward_with_jacobian``) so that the eikonal term needs
+  only first-order autograd.
 - ``SphericalHarmonicsEncoding``: real spherical harmonics of unit directions (view directions of
   radiance fields), the basis of instant-ngp / tiny-cuda-nn.
 """
@@ -14,9 +15,15 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import torch
 from torch import nn
+
+#: ``RECON3D_HASHGRID_KERNEL=torch`` keeps the hash grid on its torch path on a GPU too (to compare
+#: the two); the default uses the Triton kernels wherever they can run.
+KERNEL_ENV = "RECON3D_HASHGRID_KERNEL"
+_TABLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class IdentityEncoding(nn.Module):
@@ -92,12 +99,20 @@ class HashGridEncoding(nn.Module):
     Coarse levels whose (res+1)^3 vertices fit in the table are indexed densely (no collisions);
     finer levels are hashed. Trilinear interpolation keeps the output differentiable in x, so the
     eikonal loss can backpropagate through ∇_x f. ``active_levels`` masks the finer levels for
-    coarse-to-fine training (Neuralangelo); masked levels output zeros.
+    coarse-to-fine training (Neuralangelo); masked levels output zeros. ``table_dtype`` ("float16",
+    "bfloat16") makes the GPU kernels read a half-precision copy of the table, as instant-ngp stores
+    it; the parameter and its gradient stay float32, and the torch path ignores it.
     """
 
     def __init__(self, n_levels: int = 16, n_features: int = 2, log2_table_size: int = 19,
-                 base_resolution: int = 16, max_resolution: int = 2048, init_scale: float = 1e-4) -> None:
+                 base_resolution: int = 16, max_resolution: int = 2048, init_scale: float = 1e-4,
+                 table_dtype: str = "float32") -> None:
         super().__init__()
+        if table_dtype not in _TABLE_DTYPES:
+            raise ValueError(f"table_dtype {table_dtype!r}: one of {', '.join(_TABLE_DTYPES)}")
+        self.table_dtype = _TABLE_DTYPES[table_dtype]
+        self._kernel_levels: tuple | None = None  # (device, LevelTable) for the Triton kernels
+        self._read_copy = None
         self.n_levels = n_levels
         self.n_features = n_features
         self.out_dim = n_levels * n_features
@@ -130,7 +145,28 @@ class HashGridEncoding(nn.Module):
         self.level_mask.zero_()
         self.level_mask[:active] = 1.0
 
+    def _kernels(self, x: torch.Tensor):
+        """The Triton module and this grid's level constants when the kernels serve ``x``, else None."""
+        if os.environ.get(KERNEL_ENV, "auto") == "torch" or torch.are_deterministic_algorithms_enabled():
+            return None  # the kernels accumulate gradients with atomics: not bitwise reproducible
+        try:
+            from recon3d.fields import hashgrid_triton
+        except ImportError:  # pragma: no cover - Triton present but broken
+            return None
+        if not hashgrid_triton.available(x, self.n_features):
+            return None
+        key = (x.device, self.level_mask._version)
+        if self._kernel_levels is None or self._kernel_levels[0] != key:
+            levels = hashgrid_triton.LevelTable(self.resolutions, self.offsets, self.dense, self.level_mask,
+                                                self._hash_mask)
+            self._kernel_levels = (key, levels)
+            self._read_copy = self._read_copy or hashgrid_triton.ReadCopy()
+        return hashgrid_triton
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = self._kernels(x)
+        if kernels is not None:
+            return kernels.encode(x, self.embeddings, self._kernel_levels[1], self._read_copy, self.table_dtype)
         # Same values as the textbook formulation (tests/test_radiance.py compares with a reference
         # copy; forward bit-identical), about 2x faster: layout (N, L, …) so the output needs no
         # permute; the 8 corners are combined by broadcasting, so (N,L,8) tensors are only the index
@@ -155,6 +191,11 @@ class HashGridEncoding(nn.Module):
         Trilinear interpolation as three rounds of lerps, axis by axis: the derivative along an axis
         is the difference of the two sides instead of the lerp, so both come from the same partial sums.
         """
+        kernels = self._kernels(x)
+        if kernels is not None:
+            out, jac = kernels.encode_with_jacobian(x, self.embeddings, self._kernel_levels[1], self._read_copy,
+                                                    self.table_dtype)
+            return out, jac
         n, n_levels, n_feat = x.shape[0], self.n_levels, self.n_features
         with torch.no_grad():
             index, frac = self._lookup(x)

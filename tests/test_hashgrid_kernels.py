@@ -1,0 +1,44 @@
+"""The Triton hash-grid kernels against the torch encoding, run by Triton's CPU interpreter (skipped
+where Triton is not installed; on a GPU the same kernels are compiled)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+CHECKS = Path(__file__).with_name("hashgrid_kernel_checks.py")
+
+
+@pytest.fixture(scope="module")
+def errors() -> dict[str, dict[str, float]]:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {row["case"]: row for row in json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def test_every_level_type_is_covered(errors):
+    assert errors["dense+hashed F2"]["dense_levels"] >= 1 and errors["dense+hashed F2"]["hashed_levels"] >= 1
+    assert errors["all dense F2"]["hashed_levels"] == 0
+    assert errors["all hashed F4"]["dense_levels"] == 0
+
+
+@pytest.mark.parametrize("name", ["dense+hashed F2", "all dense F2", "all hashed F4", "coarse-to-fine 2 of 5", "F1"])
+def test_fp32_kernels_match_torch(errors, name):
+    row = errors[name]
+    for key in ("out", "grad_x", "grad_table", "jac_out", "jacobian", "jac_grad_table"):
+        assert row[key] < 1e-5, (name, key, row[key])
+
+
+@pytest.mark.parametrize(("name", "tolerance"), [("fp16 table", 2e-3), ("bf16 table", 1e-2)])
+def test_half_tables_are_close(errors, name, tolerance):
+    row = errors[name]
+    assert row["out"] < tolerance and row["jacobian"] < tolerance, row
+    assert row["grad_table"] < 1e-5, row  # the gradient's weights do not read the table
