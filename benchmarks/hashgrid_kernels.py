@@ -80,7 +80,7 @@ def measure(table_dtype: str, n: int, repeat: int, bandwidth: float) -> list[dic
     }
     sectors = {key: value + n * levels * 8 * (32 - feats * entry) * (1 if key == "forward" else 3)
                for key, value in minimum.items()}
-    for kernel in ("torch", "auto"):
+    for kernel in ("torch", "triton"):
         if kernel == "torch" and table_dtype != "float32":
             continue
         os.environ[KERNEL_ENV] = kernel

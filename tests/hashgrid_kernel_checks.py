@@ -20,7 +20,7 @@ def both(enc: HashGridEncoding, fn):
     """fn(enc) on the torch path, then on the kernels."""
     os.environ[KERNEL_ENV] = "torch"
     reference = fn(enc)
-    os.environ[KERNEL_ENV] = "auto"
+    os.environ[KERNEL_ENV] = "triton"
     return reference, fn(enc)
 
 

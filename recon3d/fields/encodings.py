@@ -3,8 +3,8 @@
 Each encoding maps (N, in_dim) points in the normalised cube [-1, 1]^3 to (N, out_dim) features:
 - ``FrequencyEncoding``: NeRF's positional encoding [x, sin(2^k πx), cos(2^k πx)], k < L.
 - ``FourierFeatures``: random Gaussian Fourier features (Tancik et al. 2020).
-- ``HashGridEncoding``: instant-ngp's multiresolution hash grid, in plain torch on the CPU (double
-  backward supported) and through fused Triton kernels on a GPU (``recon3d.fields.hashgrid_triton``);
+- ``HashGridEncoding``: instant-ngp's multiresolution hash grid, in plain torch (double backward
+  supported), or on a GPU through fused Triton kernels (``recon3d.fields.hashgrid_triton``, opt-in);
   it gives its Jacobian ∂h/∂x directly (``forward_with_jacobian``) so that the eikonal term needs
   only first-order autograd.
 - ``SphericalHarmonicsEncoding``: real spherical harmonics of unit directions (view directions of
@@ -20,8 +20,8 @@ import os
 import torch
 from torch import nn
 
-#: ``RECON3D_HASHGRID_KERNEL=torch`` keeps the hash grid on its torch path on a GPU too (to compare
-#: the two); the default uses the Triton kernels wherever they can run.
+#: ``RECON3D_HASHGRID_KERNEL=triton`` runs the hash grid through the Triton kernels wherever they can
+#: run; the default (``torch``) keeps the torch path until the kernels have been checked on a GPU.
 KERNEL_ENV = "RECON3D_HASHGRID_KERNEL"
 _TABLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -147,7 +147,7 @@ class HashGridEncoding(nn.Module):
 
     def _kernels(self, x: torch.Tensor):
         """The Triton module and this grid's level constants when the kernels serve ``x``, else None."""
-        if os.environ.get(KERNEL_ENV, "auto") == "torch" or torch.are_deterministic_algorithms_enabled():
+        if os.environ.get(KERNEL_ENV, "torch") != "triton" or torch.are_deterministic_algorithms_enabled():
             return None  # the kernels accumulate gradients with atomics: not bitwise reproducible
         try:
             from recon3d.fields import hashgrid_triton
