@@ -1,7 +1,9 @@
 """The region of interest of a scene: where a field fitted to its images lives.
 
-``--box`` when given; else, when the images carry masks (alpha), the box of their visual hull; else,
-when the cameras look at one point (object-centric captures), a cube around it; else the scene's box.
+``--box`` when given; else, when the images carry masks (alpha), the box of their visual hull; else
+the scene's own region of interest when it states one (an ``"aabb"`` key, as ``recon3d poses`` writes
+from its sparse points); else, when the cameras look at one point (object-centric captures), a cube
+around it; else the scene's box.
 Captures without masks also get a background radiance field for everything beyond the region.
 """
 
@@ -82,10 +84,12 @@ def focus_box(scene: Scene) -> torch.Tensor | None:
 
 def fitting_box(scene: Scene, box: list[float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The world box to fit in (2, 3) and, with masks, the visual hull over the scene's box (R, R, R):
-    ``--box``; else the masks' visual hull; else the cameras' focus (:func:`focus_box`); else the
-    scene's box."""
+    ``--box``; else the masks' visual hull; else the box the scene states (``aabb``); else the
+    cameras' focus (:func:`focus_box`); else the scene's box."""
     if box is not None:
         return torch.tensor([box[:3], box[3:]], dtype=torch.float32), None
+    if not has_masks(scene) and getattr(scene, "aabb_source", "") in ("aabb", "points"):
+        return scene.aabb.detach().float().cpu(), None
     if not has_masks(scene):
         focus = focus_box(scene)
         return (scene.aabb.detach().float().cpu() if focus is None else focus), None
