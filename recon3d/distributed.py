@@ -1,0 +1,143 @@
+"""torch.distributed for recon3d: which rank this process is, the process group, and the few
+collectives the commands need. Launch with ``torchrun`` (elastic rendezvous); a plain process is
+rank 0 of 1 and none of this does anything.
+
+Two uses (issue: past one GPU): many inputs shared out by rank (:mod:`recon3d.batch`; the group only
+gathers the summary), and data-parallel training of one scene (each rank draws its own rays, the
+gradients are averaged before every optimiser step, DDP's rule; :func:`average_gradients`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+
+from recon3d.errors import Recon3dError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place: ``rank`` of ``world`` processes, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that writes shared outputs and prints summaries."""
+        return self.rank == 0
+
+
+def ranks_from_env() -> Ranks:
+    """The ranks torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK); rank 0 of 1 without them."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise Recon3dError(f"RANK / WORLD_SIZE / LOCAL_RANK: not integers ({exc})") from exc
+    if world < 1 or not 0 <= rank < world:
+        raise Recon3dError(f"RANK {rank} of WORLD_SIZE {world}: not a valid rank")
+    return Ranks(rank, world, local)
+
+
+def setup(backend: str | None = None, timeout_minutes: float = 30.0) -> Ranks:
+    """Join the process group torchrun describes (once per process); rank 0 of 1 outside torchrun.
+
+    ``backend``: ``nccl`` for tensors on GPUs, ``gloo`` for CPU tensors and Python objects; by default
+    NCCL where every rank has a GPU, else gloo.
+    """
+    ranks = ranks_from_env()
+    if not ranks.distributed or dist.is_initialized():
+        return ranks
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(ranks.local_rank % max(torch.cuda.device_count(), 1))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return ranks
+
+
+def teardown() -> None:
+    """Leave the process group (a no-op when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_device(ranks: Ranks, requested: torch.device) -> torch.device:
+    """The GPU of this rank on its machine (cuda:LOCAL_RANK) when ``requested`` is CUDA; else as asked."""
+    if requested.type != "cuda" or not ranks.distributed or requested.index is not None:
+        return requested
+    return torch.device("cuda", ranks.local_rank % max(torch.cuda.device_count(), 1))
+
+
+def active() -> bool:
+    """Whether this process is one of several in a process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank ([obj] when not distributed)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over the ranks, in one all-reduce of one flat buffer
+    (DDP's rule). A parameter without a gradient on this rank counts as zero, so every rank sends
+    the same buffer shape."""
+    if not active():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+        offset += n
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (a budget or an interrupt ends every rank's loop
+    at the same step)."""
+    if not active():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The mean of a number over the ranks (the value itself when not distributed)."""
+    if not active():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (every rank then starts from the same field)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
