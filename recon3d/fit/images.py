@@ -29,8 +29,6 @@ from recon3d.render.samplers import OccupancyGrid
 
 #: The box the field is fitted in spans [-FILL, FILL] along its longest side in field coordinates.
 FILL = 0.9
-#: Bounds on the adaptive ray count (a batch aims at ``target_samples`` samples, as fit-nerf's).
-MIN_RAYS, MAX_RAYS = 256, 1 << 16
 #: Random points per step for the free-space term.
 FREE_POINTS = 4096
 
@@ -136,14 +134,6 @@ def levels_at(progress: float, anneal: float, n_levels: int) -> int:
         return n_levels
     start = min(ANNEAL_START_LEVELS, n_levels)
     return start + int((n_levels - start + 1) * progress / anneal)
-
-
-def adapt_rays(n_rays: int, samples: int, target_samples: int) -> int:
-    """The next batch's ray count, so a batch holds about ``target_samples`` samples (instant-ngp)."""
-    if not target_samples or samples <= 0:
-        return n_rays
-    scaled = n_rays * target_samples / samples
-    return int(min(max(0.5 * n_rays + 0.5 * scaled, MIN_RAYS), MAX_RAYS))
 
 
 class ImagesMethod(Method):

@@ -32,6 +32,7 @@ from recon3d.fit.depth import DepthRays, depth_rays
 from recon3d.fit.loop import StepFn, Trainer
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.rays_per_step import AdaptiveRays
 from recon3d.fit.region import background_field, check_box, fitting_box, has_masks
 from recon3d.fit.run import fit
 from recon3d.io.scene import Scene, read_scene, scene_files
@@ -43,7 +44,6 @@ from recon3d.render.samplers import OccupancyGrid
 #: Weight of the depth-supervision term (DS-NeRF), on when a scene has sparse points.
 DEPTH_WEIGHT = 0.05
 #: Samples per batch the fast preset aims at, and the bounds on its ray count.
-MIN_RAYS, MAX_RAYS = 256, 1 << 16
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
@@ -117,7 +117,7 @@ def training_targets(scene: Scene) -> Callable[[torch.Tensor], torch.Tensor]:
     return targets
 
 
-class NerfStep:
+class NerfStep(AdaptiveRays):
     """The per-step closure: sample rays, render, squared error; keeps the adaptive ray count."""
 
     def __init__(self, field: torch.nn.Module, grid: OccupancyGrid | None, rays: RaySampler, sampling: Sampling,
@@ -153,9 +153,7 @@ class NerfStep:
         if rendered.coarse is not None:
             loss = loss + losses.color_loss(rendered.coarse.rgb, target)
         self.samples_seen += rendered.samples
-        if self.target_samples and rendered.samples > 0:  # instant-ngp: keep samples per batch constant
-            scaled = self.n_rays * self.target_samples / rendered.samples
-            self.n_rays = int(min(max(0.5 * self.n_rays + 0.5 * scaled, MIN_RAYS), MAX_RAYS))
+        self.observe_samples(rendered.samples)  # instant-ngp: keep samples per batch constant
         terms = {"loss": loss, "psnr": losses.psnr(mse)}
         if self.depth is not None:
             rays, target_depth, sigma = self.depth.sample(self.depth_rays, gen)

@@ -22,7 +22,6 @@ from recon3d.fit.images import (
     ImageData,
     ImagesMethod,
     ImagesOptions,
-    adapt_rays,
     draw_targets,
     free_space_points,
     levels_at,
@@ -31,6 +30,7 @@ from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun
 from recon3d.fit.nerf import DEPTH_WEIGHT
 from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
+from recon3d.fit.rays_per_step import AdaptiveRays
 from recon3d.fit.region import background_field, check_box, has_masks
 from recon3d.io.scene import Scene
 from recon3d.render.neus import SdfRenderer
@@ -77,7 +77,7 @@ def resolve_preset(options: ImagesOptions, device: torch.device, masks: bool = T
             "box": check_box(options.box), "sampling": {"kind": "neus"}}
 
 
-class NeusStep:
+class NeusStep(AdaptiveRays):
     """The per-step closure: rays → NeuS render → colour, eikonal, mask and free-space losses."""
 
     def __init__(self, field: torch.nn.Module, data: ImageData, grid: OccupancyGrid, config: dict,
@@ -128,7 +128,7 @@ class NeusStep:
         with torch.no_grad():
             terms["psnr"] = losses.psnr(torch.mean((result.rgb - targets.rgb) ** 2))
         self.samples_seen += rendered.samples
-        self.n_rays = adapt_rays(self.n_rays, rendered.samples, self.target_samples)
+        self.observe_samples(rendered.samples)
         zero = torch.zeros((), device=self.device)
         for name in self.weights:  # the same terms every step (0 where one did not apply)
             terms.setdefault(name, zero)

@@ -187,6 +187,10 @@ class OccupancyGrid(nn.Module):
         self.resolution = int(resolution)
         self.threshold, self.decay = float(threshold), float(decay)
         self.update_every, self.warmup_steps = int(update_every), int(warmup_steps)
+        #: When set, updates draw their random cells from it rather than the caller's generator: the
+        #: training loop gives data-parallel ranks one shared generator, so every rank's grid stays equal.
+        self.generator: torch.Generator | None = None
+        self._updated_at: int | None = None
         self.steps_per_diagonal = int(steps_per_diagonal)
         cells = self.resolution**3
         self.register_buffer("aabb", aabb)
@@ -288,10 +292,13 @@ class OccupancyGrid(nn.Module):
         density_fn: Callable[[Tensor], Tensor],
         generator: torch.Generator | None = None,
     ) -> bool:
-        """Update every ``update_every`` steps (all cells while warming up); True if it ran."""
-        if step % self.update_every != 0:
+        """Update every ``update_every`` steps (all cells while warming up), once per step however often
+        it is called (a sharded step calls it per shard); True if it ran."""
+        if step % self.update_every != 0 or step == self._updated_at:
             return False
-        self.update(density_fn, all_cells=step < self.warmup_steps, generator=generator)
+        self._updated_at = step
+        shared = self.generator if self.generator is not None else generator
+        self.update(density_fn, all_cells=step < self.warmup_steps, generator=shared)
         return True
 
     @torch.no_grad()
