@@ -97,9 +97,9 @@ if triton is not None:
             g1 = tl.zeros((BLOCK_N, F), dtype=tl.float32)
             g2 = tl.zeros((BLOCK_N, F), dtype=tl.float32)
             for corner in tl.static_range(8):
-                b0: tl.constexpr = corner & 1
-                b1: tl.constexpr = (corner >> 1) & 1
-                b2: tl.constexpr = (corner >> 2) & 1
+                b0 = corner & 1
+                b1 = (corner >> 1) & 1
+                b2 = (corner >> 2) & 1
                 w0 = t0 if b0 else 1.0 - t0
                 w1 = t1 if b1 else 1.0 - t1
                 w2 = t2 if b2 else 1.0 - t2
@@ -165,9 +165,9 @@ if triton is not None:
                 gj1 = gj1 * (scale * in1)[:, None]
                 gj2 = gj2 * (scale * in2)[:, None]
             for corner in tl.static_range(8):
-                b0: tl.constexpr = corner & 1
-                b1: tl.constexpr = (corner >> 1) & 1
-                b2: tl.constexpr = (corner >> 2) & 1
+                b0 = corner & 1
+                b1 = (corner >> 1) & 1
+                b2 = (corner >> 2) & 1
                 w0 = t0 if b0 else 1.0 - t0
                 w1 = t1 if b1 else 1.0 - t1
                 w2 = t2 if b2 else 1.0 - t2
