@@ -1,4 +1,4 @@
-"""Posed-image scenes: Blender / nerf_synthetic and nerfstudio / instant-ngp ``transforms*.json``.
+"""Posed-image scenes: Blender / nerf_synthetic, nerfstudio / instant-ngp ``transforms*.json``, COLMAP projects.
 
 A scene is what a radiance field is fitted to: images, the cameras that took them (camera-to-world
 matrices in the OpenGL convention, x right, y up, looking down -z) and their intrinsics, plus a box
@@ -20,7 +20,19 @@ Formats
   and 0.5), the region instant-ngp samples, mapped back to the json's coordinates; otherwise the
   cube centred on the mean camera position that just holds every camera (what nerfstudio's
   default pose normalisation makes [-1, 1]^3). near = 0.05 x the cameras' half-spread, far = from
-  the farthest camera to the farthest box corner. Poses stay in the file's own units.
+  the farthest camera to the farthest box corner. Poses stay in the file's own units. An explicit
+  ``"aabb": [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` (world units; ``recon3d poses`` writes the region of
+  interest there) takes precedence over both.
+* **COLMAP project** (a folder with ``sparse/0/`` or ``sparse/`` holding ``cameras``, ``images`` and
+  ``points3D`` as ``.bin`` or ``.txt``, beside ``images/``; recon3d.io.colmap): read as a single-file
+  scene whose frames are the model's images sorted by name (same splits), poses converted to OpenGL
+  camera-to-world, intrinsics and OpenCV distortion from the camera models that have them, and the box
+  from the sparse points (the region of interest, recon3d.io.colmap.region_of_interest).
+
+Sparse points (:attr:`Scene.sparse`, for depth supervision): a COLMAP project's ``points3D``, or the
+``sparse_points.npz`` that a transforms json names with a top-level ``"sparse_points"`` key (relative to the
+json; its ``obs_frame`` indexes the json's ``frames`` list; recon3d.io.colmap.SparsePoints). The Scene
+holds the observations of its own images only, renumbered to index them, in its (downscaled) pixels.
 
 Images are composited onto ``background`` (rgb * a + bg * (1 - a)); greyscale is broadcast to RGB;
 8- and 16-bit PNGs are scaled by their own maximum (16-bit colour PNGs are decoded by Pillow at
@@ -54,6 +66,7 @@ import torch
 from recon3d.console import warn
 from recon3d.errors import InputError, Recon3dError, one_line
 from recon3d.io.atomic import atomic_open, atomic_write_bytes
+from recon3d.io.colmap import SparsePoints, find_project, load_sparse, model_files, project_transforms
 from recon3d.io.schema import available_memory, gigabytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", ".bmp", ".tif", ".tiff")
@@ -118,6 +131,14 @@ class Scene:
     near, far:  default distances along the (unit-length) rays.
     keep_alpha: whether alpha is handed out (read with ``keep_alpha=True``, e.g. for training with
                 random backgrounds); 1 where an image has none.
+    sparse:     structure-from-motion points and their observations in these images (obs_frame indexes
+                them, obs_uv in their downscaled pixels), or None when the scene has none.
+    frame_index: (N,) for each image, its index in the json's ``frames`` list (a COLMAP project: in the
+                model's images sorted by name), or None.
+    aabb_source: where ``aabb`` comes from: ``"blender"`` (the fixed nerf_synthetic box), ``"aabb"`` (an
+                explicit region of interest in the json, e.g. from ``recon3d poses``), ``"points"`` (a COLMAP
+                project's region of interest, from its sparse points), ``"aabb_scale"`` (instant-ngp's
+                box) or ``"cameras"`` (the cube around the cameras).
     """
 
     pixels: torch.Tensor
@@ -140,6 +161,9 @@ class Scene:
     camera_angle_x: float | None = None
     keep_alpha: bool = False
     downscale: int = 1
+    sparse: SparsePoints | None = None
+    frame_index: list[int] | None = None
+    aabb_source: str = "cameras"
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -238,8 +262,13 @@ def read_scene(
             max_images = 0
         if max_images < 1:
             raise Recon3dError(f"max_images must be at least 1, got {max_images}")
-    json_path, blender = _locate(Path(path), split)
-    meta = _load_json(json_path)
+    project = _colmap_project(Path(path), split)
+    if project is not None:  # json_path: the model folder, which messages name
+        meta, colmap_sparse, json_path = project
+        blender = False
+    else:
+        json_path, blender = _locate(Path(path), split)
+        meta, colmap_sparse = _load_json(json_path), None
     frames = _frames(json_path, meta)
     if blender:
         chosen = list(enumerate(frames))
@@ -272,6 +301,9 @@ def read_scene(
     pixels = _decode_all(files, headers, layout, (height, width), downscale, np.asarray(bg, dtype=np.float32),
                          workers)
 
+    sparse = _scene_sparse(json_path, meta, len(frames), chosen, colmap_sparse)
+    if sparse is not None:
+        sparse = sparse.downscaled(downscale, width // downscale, height // downscale)
     intrinsics[:, :4] /= downscale
     dist = intrinsics[:, 4:]
     angle = meta.get("camera_angle_x")
@@ -291,11 +323,16 @@ def read_scene(
         files=files,
         split=split,
         source=json_path,
-        format="blender" if blender else "nerfstudio",
+        format="blender" if blender else "colmap" if project is not None else "nerfstudio",
         background=bg,
         camera_angle_x=float(angle) if _is_number(angle) else None,
         keep_alpha=bool(keep_alpha),
         downscale=downscale,
+        sparse=sparse,
+        frame_index=[i for i, _ in chosen],
+        aabb_source=("blender" if blender else "points" if project is not None and meta.get("aabb") is not None
+                     else "aabb" if meta.get("aabb") is not None
+                     else "aabb_scale" if meta.get("aabb_scale") is not None else "cameras"),
     )
 
 
@@ -341,7 +378,36 @@ def _locate(path: Path, split: str) -> tuple[Path, bool]:
             f"{split_file}: no such file: this scene has no '{split}' split "
             f"(found {', '.join(found)})"
         )
-    raise InputError(f"{folder}: no transforms_{split}.json or transforms.json in this folder")
+    raise InputError(f"{folder}: no transforms_{split}.json or transforms.json in this folder (nor a COLMAP "
+                     "project: sparse/0 with images/)")
+
+
+def _colmap_project(path: Path, split: str) -> tuple[dict, SparsePoints, Path] | None:
+    """A folder without transforms json that holds a COLMAP project: its transforms dict, sparse points and
+    model folder (recon3d.io.colmap.project_transforms); None for anything else."""
+    if not path.is_dir() or (path / f"transforms_{split}.json").is_file() or (path / "transforms.json").is_file():
+        return None
+    if find_project(path) is None:
+        return None
+    return project_transforms(path)
+
+
+def _scene_sparse(path: Path, meta: dict, n_frames: int, chosen: list[tuple[int, dict]],
+                  colmap_sparse: SparsePoints | None) -> SparsePoints | None:
+    """The sparse points of the chosen frames, renumbered to the Scene's images: a COLMAP project's, or
+    the npz a json's ``"sparse_points"`` names; None when there are none."""
+    sparse = colmap_sparse
+    if sparse is None and meta.get("sparse_points") is not None:
+        name = meta["sparse_points"]
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise InputError(f"{path}: 'sparse_points' must be the name of an .npz file, got {_short(name)}")
+        file = Path(name) if os.path.isabs(name) else path.parent / name
+        sparse = load_sparse(file, n_frames, where=f"'sparse_points' of {path}")
+    if sparse is None:
+        return None
+    position = np.full(n_frames, -1, dtype=np.int64)
+    position[[i for i, _ in chosen]] = np.arange(len(chosen))
+    return sparse.remap_frames(position)
 
 
 def _load_json(path: Path) -> dict:
@@ -801,7 +867,9 @@ def _nerfstudio_bounds(path: Path, meta: dict, poses: np.ndarray) -> tuple[np.nd
     spread = float(np.abs(positions - centre).max()) if len(positions) > 1 else 0.0
     spread = spread if spread > 1e-9 else 1.0
     scale_ngp = meta.get("aabb_scale")
-    if scale_ngp is not None:
+    if meta.get("aabb") is not None:
+        aabb = _explicit_box(path, meta["aabb"])
+    elif scale_ngp is not None:
         if not _is_number(scale_ngp) or scale_ngp <= 0:
             raise InputError(f"{path}: 'aabb_scale' must be a positive number, got {_short(scale_ngp)}")
         scale = meta.get("scale", 0.33)
@@ -825,6 +893,20 @@ def _nerfstudio_bounds(path: Path, meta: dict, poses: np.ndarray) -> tuple[np.nd
                         for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # fmt: skip
     far = float(np.linalg.norm(positions[:, None] - corners[None], axis=-1).max())
     return aabb, 0.05 * spread, far
+
+
+def _explicit_box(path: Path, value) -> np.ndarray:
+    """A json's ``"aabb": [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` (world units), checked."""
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(row, list) and len(row) == 3 and all(map(_is_number, row)) for row in value))
+    if not ok:
+        raise InputError(f"{path}: 'aabb' must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] (finite numbers), got "
+                         f"{_short(value)}")
+    aabb = np.array(value, dtype=np.float64)
+    if not (aabb[1] > aabb[0]).all():
+        raise InputError(f"{path}: 'aabb' must have each max above its min, got {aabb.tolist()}")
+    _check_box(path, aabb, "its 'aabb'")
+    return aabb
 
 
 def _check_box(path: Path, aabb: np.ndarray, source: str) -> None:
@@ -873,13 +955,15 @@ def _check_box_in_view(path: Path, meta: dict, poses: np.ndarray, intrinsics: np
     if hidden.all():
         if blender:
             source = f"the Blender box {BLENDER_AABB[0][0]:g} to {BLENDER_AABB[1][0]:g} on every axis"
+        elif meta.get("aabb") is not None:
+            source = "its 'aabb'"
         elif meta.get("aabb_scale") is not None:
             source = "its 'aabb_scale', 'scale' and 'offset'"
         else:
             source = "the box around the cameras"
         lo, hi = (np.array2string(c, precision=3) for c in aabb)
         raise InputError(f"{path}: no camera looks at the scene box {lo} to {hi} ({source}); check the "
-                         "poses' orientation" + (" and those keys" if "aabb_scale" in meta else ""))
+                         "poses' orientation" + (" and those keys" if {"aabb", "aabb_scale"} & set(meta) else ""))
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -928,9 +1012,10 @@ def _as_numpy(array) -> np.ndarray:
 
 
 def scene_files(scene: Path, split: str) -> list[Path]:
-    """The existing files a scene's split is read from: its json and the images its frames name (with
-    the extensions the scene reader tries). Cheap and best effort, for output checks only: no image is
-    decoded and anything odd (unreadable, not JSON, not a regular file) is left to the scene reader."""
+    """The existing files a scene's split is read from: its json, the images its frames name (with
+    the extensions the scene reader tries) and its sparse points; a COLMAP project's model and images.
+    Cheap and best effort, for output checks only: no image is decoded and anything odd (unreadable, not
+    JSON, not a regular file) is left to the scene reader."""
     found: list[Path] = []
     with contextlib.suppress(OSError, ValueError, RecursionError):
         jsons = [scene / f"transforms_{split}.json", scene / "transforms.json"] if scene.is_dir() else [scene]
@@ -947,4 +1032,12 @@ def scene_files(scene: Path, split: str) -> list[Path]:
                 base = Path(name) if os.path.isabs(name) else path.parent / name
                 candidates = [base] + [base.with_name(base.name + ext) for ext in IMAGE_EXTENSIONS]
                 found += [c for c in candidates if c.name and c.is_file()]
+            sparse = meta.get("sparse_points") if isinstance(meta, dict) else None
+            if isinstance(sparse, str) and sparse and "\0" not in sparse:
+                file = Path(sparse) if os.path.isabs(sparse) else path.parent / sparse
+                found += [file] if file.is_file() else []
+        project = find_project(scene) if scene.is_dir() and not found else None
+        if project is not None:  # a COLMAP project: its model's files and every file in images/
+            found += model_files(project[0])[0]  # type: ignore[index]
+            found += [p for p in sorted(project[1].rglob("*")) if p.is_file()]
     return found
