@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from recon3d.api import extraction_progress
 from recon3d.console import info
 from recon3d.errors import Recon3dError
 from recon3d.fit.presets import check_steps
@@ -98,7 +99,8 @@ def run_demo(folder: Path, device: torch.device, steps: int | None = None, resol
         info(f"demo: wrote a simulated {len(scan):,}-point scan of a torus (mm, no normals) to {scan_path}")
         fit = write(model_path, lambda: fit_sdf(scan, SDFOptions(steps=budget), model_path, device,
                                                 source=str(scan_path), show_progress=show_progress))
-        mesh, stats = mesh_from_checkpoint(load_checkpoint(model_path), mesh_options, device)
+        with extraction_progress(enabled=show_progress) as progress:
+            mesh, stats = mesh_from_checkpoint(load_checkpoint(model_path), mesh_options, device, progress=progress)
         write(mesh_path, lambda: write_mesh(mesh_path, mesh))
         metrics = evaluate(mesh, reference)
         summary = {"scan": str(scan_path), "checkpoint": str(model_path), "mesh": str(mesh_path),

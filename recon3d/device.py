@@ -1,9 +1,14 @@
-"""Device choice (``auto`` takes the GPU where there is one), and chunked work that survives GPU
-out-of-memory by retrying with smaller chunks (:func:`map_in_chunks`)."""
+"""Device choice (``auto`` takes the GPU where there is one), CPU threads (:func:`default_threads`,
+:func:`use_threads`), and chunked work that survives GPU out-of-memory by retrying with smaller chunks
+(:func:`map_in_chunks`)."""
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -58,8 +63,10 @@ def map_in_chunks(fn: Callable[[int, int], T], n: int, chunk: int, device: torch
     return results, chunk
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """Map ``auto|cpu|cuda[:N]`` to a torch device, with a clear error when CUDA is absent."""
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda[:N]`` (or a torch.device) to a torch device, with a clear error when CUDA is absent."""
+    if isinstance(name, torch.device):
+        name = str(name)
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,3 +83,85 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings mean something."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------ threads
+
+#: ``--threads`` accepts 1 to this many.
+MAX_THREADS = 1024
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, Slurm, cgroup cpusets), capped by a
+    container's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), at least 1."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cpu_quota()
+    if quota is not None:
+        count = min(count, quota)
+    return max(1, count)
+
+
+def _cpu_quota() -> int | None:
+    """CPUs a cgroup quota allows (rounded up), or None without a quota."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            if period_file is None:
+                quota, period = Path(quota_file).read_text().split()[:2]
+            else:
+                quota, period = Path(quota_file).read_text().strip(), Path(period_file).read_text().strip()
+            if quota in ("max", "-1"):
+                return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def physical_cores() -> int | None:
+    """Physical cores of the machine (hyper-threads counted once), from /sys; None when unknown."""
+    cores = set()
+    for topology in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            cores.add((package, (topology / "core_id").read_text().strip()))
+        except OSError:
+            continue
+    return len(cores) or None
+
+
+def default_threads() -> int:
+    """The CPU threads recon3d uses unless told: ``OMP_NUM_THREADS`` when set, else the CPUs this process may
+    use (:func:`usable_cpus`), not more than the physical cores (a second thread per core only adds contention
+    to torch's kernels)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return min(int(env), MAX_THREADS)
+    count = usable_cpus()
+    cores = physical_cores()
+    return max(1, min(count, cores) if cores else count)
+
+
+def check_threads(threads: object) -> int:
+    """``--threads``: an integer in [1, MAX_THREADS], or one clear error."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise Recon3dError(f"--threads must be an integer between 1 and {MAX_THREADS}, got {threads}")
+    return threads
+
+
+@contextlib.contextmanager
+def use_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the block with ``threads`` CPU threads for torch (None: :func:`default_threads`); the previous
+    count comes back afterwards. Yields the count used."""
+    count = default_threads() if threads is None else check_threads(threads)
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

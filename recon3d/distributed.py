@@ -19,6 +19,9 @@ import torch.distributed as dist
 
 from recon3d.errors import Recon3dError
 
+#: A gloo group beside an NCCL default group, for small decisions on CPU numbers (no GPU sync).
+_control: Any = None
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -65,13 +68,17 @@ def setup(backend: str | None = None, timeout_minutes: float = 30.0) -> Ranks:
     if backend == "nccl":
         torch.cuda.set_device(ranks.local_rank % max(torch.cuda.device_count(), 1))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    global _control
+    _control = dist.new_group(backend="gloo") if backend != "gloo" else None
     return ranks
 
 
 def teardown() -> None:
     """Leave the process group (a no-op when none was joined)."""
+    global _control
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _control = None
 
 
 def rank_device(ranks: Ranks, requested: torch.device) -> torch.device:
@@ -84,6 +91,11 @@ def rank_device(ranks: Ranks, requested: torch.device) -> torch.device:
 def active() -> bool:
     """Whether this process is one of several in a process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def leader() -> bool:
+    """Whether this process writes shared outputs: rank 0, or the only process."""
+    return not active() or dist.get_rank() == 0
 
 
 def gather(obj: Any) -> list[Any]:
@@ -115,22 +127,22 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         offset += n
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any (a budget or an interrupt ends every rank's loop
-    at the same step)."""
+def agree(seconds: float, stop: bool) -> tuple[float, bool]:
+    """The largest elapsed time and whether any rank was asked to stop, the same on every rank (so the
+    time budget, the learning-rate schedule and an interrupt end every rank's loop at the same step)."""
     if not active():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+        return seconds, stop
+    values = torch.tensor([float(seconds), 1.0 if stop else 0.0], dtype=torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX, group=_control)
+    return float(values[0]), bool(values[1] > 0)
 
 
-def mean_over_ranks(value: float, device: torch.device) -> float:
+def mean_over_ranks(value: float) -> float:
     """The mean of a number over the ranks (the value itself when not distributed)."""
     if not active():
         return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(tensor, group=_control)
     return float(tensor.item()) / dist.get_world_size()
 
 

@@ -19,7 +19,8 @@ missing) as a textured Lambertian object and writes a Blender-format scene besid
 * :func:`write_mesh_scene` writes ``transforms_{train,test}.json``, RGBA PNGs in ``train/`` and
   ``test/``, ``mesh.ply`` (the mesh as rendered) and ``meshscene.json`` (the settings): train
   cameras on a Fibonacci sphere, test cameras on another rotation of one, all looking at the origin.
-* :func:`preview` draws one grey picture of a mesh (or several azimuths side by side).
+* :func:`preview` draws one grey picture of a mesh (or several azimuths side by side), :func:`turntable`
+  an animated GIF of it turning (``recon3d preview``).
 
 Cameras follow the project's convention (camera-to-world, OpenGL axes, pixel centres at +0.5,
 focal 0.5 W / tan(camera_angle_x / 2)). From the command line::
@@ -653,14 +654,12 @@ PREVIEW_AMBIENT = 0.12
 PREVIEW_GREY = 0.8
 
 
-def preview(
+def preview_pictures(
     mesh: TriMesh,
-    path: str | os.PathLike,
     size: int = 512,
-    views: int = 1,
+    azimuths: Sequence[float] = (0.0,),
     *,
     elevation: float = 25.0,
-    azimuths: Sequence[float] | None = None,
     up: Sequence[float] = (0.0, 0.0, 1.0),
     front: Sequence[float] | None = None,
     smooth: bool = True,
@@ -669,18 +668,15 @@ def preview(
     supersample: int = 2,
     backend: Backend = "auto",
     device: torch.device | str = "cpu",
-) -> Path:
-    """Write a PNG picture of ``mesh``: grey Lambertian, two lights that follow the camera, on
-    ``background``; ``views`` pictures side by side (size*views x size pixels).
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """(size, size, 3) uint8 pictures of ``mesh``, one per azimuth: grey Lambertian, two lights that follow
+    the camera, on ``background``.
 
-    Cameras look at the bounding-box centre from ``elevation`` degrees above the plane normal to
-    ``up``, at azimuths (degrees, default evenly spread from 0) counted from ``front`` (default: a
-    horizontal axis), far enough that the bounding sphere fills 90% of the frame.
+    Cameras look at the bounding-box centre from ``elevation`` degrees above the plane normal to ``up``,
+    at ``azimuths`` (degrees) counted from ``front`` (default: a horizontal axis), far enough that the
+    bounding sphere fills 90% of the frame. ``progress(done, total)`` after each picture.
     """
-    from PIL import Image
-
-    from recon3d.io.atomic import atomic_open
-
     vertices = np.asarray(mesh.vertices, np.float64)
     if mesh.n_faces == 0:
         raise Recon3dError("cannot preview a mesh without faces")
@@ -689,11 +685,10 @@ def preview(
     distance = reach / math.sin(math.atan(0.9 * math.tan(0.5 * camera_angle_x)))
     up_axis, front_axis = _frame(up, front)
     side = np.cross(up_axis, front_axis)
-    angles = list(azimuths) if azimuths is not None else [360.0 * k / views for k in range(views)]
     caster = MeshCaster(mesh, backend, device)
     cache: dict = {}
     pictures = []
-    for azimuth in angles:
+    for azimuth in azimuths:
         a, e = math.radians(azimuth), math.radians(elevation)
         direction = math.cos(e) * (math.cos(a) * front_axis + math.sin(a) * side) + math.sin(e) * up_axis
         pose = look_at(centre + distance * direction, centre, up_axis)
@@ -707,9 +702,49 @@ def preview(
         rgba = _render(caster, camera, supersample, colour)
         rgb = rgba[..., :3] * rgba[..., 3:] + np.asarray(background) * (1.0 - rgba[..., 3:])
         pictures.append(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
+        if progress is not None:
+            progress(len(pictures), len(azimuths))
+    return pictures
+
+
+def preview(
+    mesh: TriMesh,
+    path: str | os.PathLike,
+    size: int = 512,
+    views: int = 1,
+    *,
+    azimuths: Sequence[float] | None = None,
+    **options,
+) -> Path:
+    """Write a PNG picture of ``mesh`` (:func:`preview_pictures`): ``views`` pictures side by side
+    (size*views x size pixels), at azimuths evenly spread from 0 unless ``azimuths`` are given."""
+    from PIL import Image
+
+    from recon3d.io.atomic import atomic_open
+
+    angles = list(azimuths) if azimuths is not None else [360.0 * k / views for k in range(views)]
+    pictures = preview_pictures(mesh, size, angles, **options)
     path = Path(path)
     with atomic_open(path, "wb") as handle:
         Image.fromarray(np.concatenate(pictures, axis=1)).save(handle, format="PNG")
+    return path
+
+
+def turntable(mesh: TriMesh, path: str | os.PathLike, size: int = 256, frames: int = 36, fps: float = 15.0,
+              **options) -> Path:
+    """Write an animated GIF of ``mesh`` turning once about its up axis: ``frames`` pictures of
+    :func:`preview_pictures` (one supersample by default: a turntable is seen in motion)."""
+    from PIL import Image
+
+    from recon3d.io.atomic import atomic_open
+
+    options.setdefault("supersample", 1)
+    pictures = preview_pictures(mesh, size, [360.0 * k / frames for k in range(frames)], **options)
+    images = [Image.fromarray(picture) for picture in pictures]
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        images[0].save(handle, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps),
+                       loop=0)
     return path
 
 

@@ -126,6 +126,14 @@ class ImplicitField(nn.Module):
 class SignedDistanceField(ImplicitField):
     """f(x) ≈ signed distance to the surface (negative inside); the surface is f = 0."""
 
+    #: What :meth:`world_values` gives (the Python API's ``Model.values``).
+    quantity = "signed distance"
+
+    @staticmethod
+    def world_values(values: torch.Tensor, scale: float) -> torch.Tensor:
+        """Field values → signed distances in the input's units (the field's are ``scale`` times smaller)."""
+        return values * scale
+
     def surface(self, level: float | None = None) -> Surface:
         """The level set ``level`` (default 0); |∇f| ≈ 1 makes the mesher's culling exact. Fields
         fitted to images colour their vertices (:meth:`ImplicitField.color`)."""
@@ -137,13 +145,30 @@ class SignedDistanceField(ImplicitField):
 class OccupancyField(ImplicitField):
     """f(x) = logit of the probability that x is inside; the surface is the decision boundary τ."""
 
+    #: What :meth:`world_values` gives (the Python API's ``Model.values``).
+    quantity = "occupancy"
+
+    @staticmethod
+    def world_values(values: torch.Tensor, scale: float) -> torch.Tensor:
+        """Logits → the probability that a point is inside."""
+        return torch.sigmoid(values)
+
     def surface(self, level: float | None = None) -> Surface:
         """The surface at probability ``level`` = τ in (0, 1) (default: the field's own, 0.5)."""
         colors = self.color if self.appearance is not None else None
         if level is None:
-            return Surface(self, self.level, self.inside, shown_level=1.0 / (1.0 + math.exp(-self.level)),
-                           colors=colors)
-        return Surface(self, logit(float(level)), self.inside, shown_level=float(level), colors=colors)
+            return Surface(self, self.level, self.inside, shown_level=probability(self.level), colors=colors,
+                           to_user=probability)
+        return Surface(self, logit(float(level)), self.inside, shown_level=float(level), colors=colors,
+                       to_user=probability)
+
+
+def probability(value: float) -> float:
+    """The probability of a logit (overflow-safe)."""
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    e = math.exp(value)
+    return e / (1.0 + e)
 
 
 def logit(tau: float) -> float:

@@ -150,6 +150,13 @@ class RadianceField(nn.Module):
 
     #: ``forward(x, d)`` gives (σ, rgb): the renderers can draw it.
     renders = True
+    #: What :meth:`world_values` gives (the Python API's ``Model.values``).
+    quantity = "density"
+
+    @staticmethod
+    def world_values(values: torch.Tensor, scale: float) -> torch.Tensor:
+        """Densities of the field's coordinates → per unit of the input's (σ has units 1/length)."""
+        return values / scale
 
     def __init__(self, architecture: str, aabb: list, position_encoding: dict, direction_encoding: dict,
                  density_mlp: dict, geo_features: int, color_mlp: dict, density_activation: str = "trunc_exp",

@@ -37,6 +37,8 @@ class Surface:
     lipschitz: float | None = None
     colors: ColorFn | None = None
     color_cost: int = 1
+    #: Field values as the user names levels (occupancy: logit → probability); None: as they are.
+    to_user: Callable[[float], float] | None = None
 
     def __post_init__(self) -> None:
         if self.inside not in INSIDE_SIDES:
@@ -46,3 +48,7 @@ class Surface:
     def user_level(self) -> float:
         """The level as the user names it."""
         return self.level if self.shown_level is None else self.shown_level
+
+    def user_value(self, value: float) -> float:
+        """A field value as the user names levels (for messages about the field's range)."""
+        return value if self.to_user is None else self.to_user(value)

@@ -3,6 +3,7 @@ its method declares (recon3d.fit.method.Method.records)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from recon3d.fields import FIELDS
@@ -34,11 +35,22 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "complete": train.get("complete", True),
         "resumable": "resume" in checkpoint,
         "support_points": int(len(checkpoint["support"]["points"])) if "support" in checkpoint else None,
+        "first_loss": history[0][1] if history else None,
         "final_loss": history[-1][1] if history else None,
+        **_lowest(history),
         **{key: train[key] for key in (method.records if method is not None else ()) if key in train},
         "device": train.get("device"),
         "versions": train.get("versions"),
     }
+
+
+def _lowest(history: list) -> dict[str, Any]:
+    """The lowest finite loss of the history and its step (both None without one)."""
+    finite = [row for row in history if len(row) > 1 and row[1] == row[1]]  # NaN never equals itself
+    if not finite:
+        return {"min_loss": None, "min_loss_step": None}
+    row = min(finite, key=lambda r: r[1])
+    return {"min_loss": row[1], "min_loss_step": int(row[0]) if math.isfinite(row[0]) else None}
 
 
 def _field_summary(kind: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,16 @@
 """The one training loop every method shares.
 
-Adam with linear warm-up and cosine decay, optional bf16 autocast on GPU, a rich progress bar on
-stderr (step, loss, time left), two budgets (``steps`` and ``max_seconds``; whichever ends first),
-deterministic sampling from one seeded generator, and graceful interruption: SIGINT / SIGTERM set a
-flag, the loop finishes the current step and returns, and the caller writes a resumable checkpoint
-(``resume_state``) from which ``load_resume_state`` continues to the same result.
+Adam with linear warm-up and cosine decay, optional bf16 autocast on GPU, progress on stderr (a rich
+bar on a terminal, periodic log lines elsewhere: step, loss, rate, time left), two budgets (``steps``
+and ``max_seconds``; whichever ends first), deterministic sampling from one seeded generator, and
+graceful interruption: SIGINT / SIGTERM set a flag, the loop finishes the current step and returns,
+and the caller writes a resumable checkpoint (``resume_state``) from which ``load_resume_state``
+continues to the same result.
+
+A step can be sharded (:class:`Sharding`): each shard draws its batch from its own generator, and the
+gradients are averaged over every shard before the optimiser step: on data-parallel ranks under
+torchrun (the mean is an all-reduce, DDP's rule) and/or several shards per rank (gradient
+accumulation). The result depends on the shards only, not on how they are spread over ranks.
 """
 
 from __future__ import annotations
@@ -17,16 +23,52 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
-from recon3d.console import stderr
+from recon3d import distributed
+from recon3d.console import Progress
 from recon3d.device import synchronize
+from recon3d.errors import Recon3dError
 
 #: step_fn(step, generator) -> {"loss": scalar tensor, other named terms...}. A step function with a
 #: ``progress`` attribute gets, before each call, the fraction of the budget used so far (steps or
 #: seconds, whichever is further along), so its own schedules end with the budget too.
+#: When a step is sharded, a step function with ``end_step(mean)`` has ``sharded`` set and gets that call
+#: once per step after every shard's backward (``mean(x)``: x's mean over all shards), to change
+#: adaptive state identically on every rank; and its ``grid`` (an occupancy grid) gets a generator
+#: shared by every rank, so each rank's copy stays equal.
 StepFn = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+
+#: Seed offsets: shard s draws from seed + s·SHARD_SEED_STRIDE; the shared grid generator from seed + GRID_SEED.
+SHARD_SEED_STRIDE, GRID_SEED = 1_000_003, 7_919
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """``per_rank`` shards on each of ``world`` ranks; this process is ``rank``."""
+
+    rank: int = 0
+    world: int = 1
+    per_rank: int = 1
+
+    @classmethod
+    def current(cls, per_rank: int = 1) -> Sharding:
+        """This process's sharding: the process group's ranks (one rank outside torchrun)."""
+        if per_rank < 1:
+            raise Recon3dError(f"shards per rank must be at least 1, got {per_rank}")
+        if distributed.active():
+            import torch.distributed as dist
+
+            return cls(dist.get_rank(), dist.get_world_size(), per_rank)
+        return cls(0, 1, per_rank)
+
+    @property
+    def total(self) -> int:
+        return self.world * self.per_rank
+
+    @property
+    def shards(self) -> range:
+        """The global indices of this rank's shards."""
+        return range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
 
 
 @dataclass
@@ -117,7 +159,7 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, step_fn: StepFn, settings: TrainSettings,
                  device: torch.device, on_step: Callable[[int], None] | None = None,
-                 label: str = "fitting", show_progress: bool = True) -> None:
+                 label: str = "fitting", show_progress: bool = True, sharding: Sharding | None = None) -> None:
         self.model = model
         self.step_fn = step_fn
         self.settings = settings
@@ -127,10 +169,29 @@ class Trainer:
         self.show_progress = show_progress
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, eps=settings.adam_eps)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(settings.seed)
+        self.sharding = sharding or Sharding()
+        self.generators = [self._seeded(settings.seed + s * SHARD_SEED_STRIDE) for s in self.sharding.shards]
+        self.generator = self.generators[0]
+        self.grid_generator: torch.Generator | None = None
+        if self.sharding.total > 1:
+            self._prepare_shards()
         self.state = TrainState()
         self.excluded_seconds = 0.0  # time callbacks spent on other work (e.g. evaluation)
+
+    def _seeded(self, seed: int) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed)
+        return generator
+
+    def _prepare_shards(self) -> None:
+        """Every rank starts from rank 0's parameters; adaptive state and the grid stay equal (StepFn)."""
+        distributed.broadcast_parameters(self.model)
+        if hasattr(self.step_fn, "end_step"):
+            self.step_fn.sharded = True
+        grid = getattr(self.step_fn, "grid", None)
+        if grid is not None and hasattr(grid, "generator"):
+            self.grid_generator = self._seeded(self.settings.seed + GRID_SEED)
+            grid.generator = self.grid_generator
 
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (spent by a callback on evaluation, say) out of the time budget."""
@@ -138,7 +199,7 @@ class Trainer:
 
     def resume_state(self) -> dict[str, Any]:
         """Optimiser and RNG state plus progress: what ``--resume`` needs to continue exactly."""
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "step": self.state.step,
@@ -146,11 +207,26 @@ class Trainer:
             "history": self.state.history,
             "terms": self.state.terms,
         }
+        if self.sharding.total > 1:  # every shard's generator, gathered from every rank (a collective)
+            mine = [g.get_state() for g in self.generators]
+            state["shard_generators"] = [s for part in distributed.gather(mine) for s in part]
+            state["grid_generator"] = None if self.grid_generator is None else self.grid_generator.get_state()
+        return state
 
     def load_resume_state(self, resume: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(resume["optimizer"])
-        generator = resume["generator"]
-        self.generator.set_state(generator.cpu() if hasattr(generator, "cpu") else generator)
+        shards = resume.get("shard_generators")
+        if self.sharding.total > 1 or shards is not None:
+            count = len(shards) if shards is not None else 1
+            if count != self.sharding.total:
+                raise Recon3dError(f"this run was trained in {count} shard(s) per step (ranks × shards per rank); "
+                                   f"resume it with the same number, not {self.sharding.total}")
+            for generator, index in zip(self.generators, self.sharding.shards):
+                generator.set_state(_cpu(shards[index]))
+            if self.grid_generator is not None and resume.get("grid_generator") is not None:
+                self.grid_generator.set_state(_cpu(resume["grid_generator"]))
+        else:
+            self.generator.set_state(_cpu(resume["generator"]))
         self.state.step = int(resume["step"])
         self.state.seconds = float(resume["seconds"])
         self.state.history = [list(map(float, row)) for row in resume["history"]]
@@ -164,17 +240,23 @@ class Trainer:
         start = time.perf_counter()
         seconds_before = state.seconds
         flag = _StopFlag()
-        with flag.installed(), self._progress() as progress:
-            task = progress.add_task(self.label, total=settings.steps, completed=state.step, loss="")
+        progress = Progress(self.label, settings.steps, "steps", enabled=self.show_progress, completed=state.step,
+                            budget_seconds=settings.max_seconds)
+        if state.last_loss is not None:
+            progress.note = f"loss {state.last_loss:.4g}"
+        with flag.installed(), progress:
             while True:
                 elapsed = time.perf_counter() - start - self.excluded_seconds
+                raised = flag.raised
+                if self.sharding.world > 1:  # every rank decides on the same numbers
+                    elapsed, raised = distributed.agree(elapsed, raised)
                 if state.step >= settings.steps:
                     state.stopped_by = "steps"
                     break
                 if settings.max_seconds is not None and elapsed >= settings.max_seconds:
                     state.stopped_by = "max_seconds"
                     break
-                if flag.raised:
+                if raised:
                     state.stopped_by = "interrupt"
                     break
                 step = state.step
@@ -185,20 +267,38 @@ class Trainer:
                     self.step_fn.progress = min(max(step / settings.steps, time_fraction), 1.0)
                 if self.on_step is not None:
                     self.on_step(step)
-                with autocast:
-                    terms = self.step_fn(step, self.generator)
-                self.optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                if self.sharding.total > 1:
+                    terms = self._sharded_step(step, autocast)
+                else:
+                    with autocast:
+                        terms = self.step_fn(step, self.generator)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
                 self.optimizer.step()
                 state.step += 1
                 if state.step % settings.log_every == 0 or state.step == settings.steps:
-                    self._log(terms, progress, task)
+                    self._log(terms, progress)
+                progress.update(state.step)
         synchronize(self.device)
         state.seconds = seconds_before + (time.perf_counter() - start - self.excluded_seconds)
         self.model.eval()
         return state
 
-    def _log(self, terms: dict[str, torch.Tensor], progress: Progress, task: Any) -> None:
+    def _sharded_step(self, step: int, autocast: Any) -> dict[str, torch.Tensor]:
+        """This rank's shards, each on its own generator, gradients accumulated, then averaged over
+        every shard of every rank; returns the last shard's terms."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for generator in self.generators:
+            with autocast:
+                terms = self.step_fn(step, generator)
+            (terms["loss"] / self.sharding.per_rank).backward()
+        distributed.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
+        if hasattr(self.step_fn, "end_step"):
+            per_rank = self.sharding.per_rank
+            self.step_fn.end_step(lambda x: distributed.mean_over_ranks(x) / per_rank)
+        return terms
+
+    def _log(self, terms: dict[str, torch.Tensor], progress: Progress) -> None:
         names = ["loss"] + sorted(k for k in terms if k != "loss")
         values = torch.stack([terms[k].detach().float() for k in names]).tolist()
         if not self.state.terms:
@@ -206,27 +306,10 @@ class Trainer:
         if not all(math.isfinite(v) for v in values):
             raise FloatingPointError(f"training diverged at step {self.state.step} (loss {values[0]})")
         self.state.history.append([float(self.state.step)] + values)
-        progress.update(task, completed=self.state.step, loss=f"loss {values[0]:.4g}")
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), _TimeLeftColumn(self.settings),
-            console=stderr, transient=False, disable=not self.show_progress,
-        )
+        extra = "".join(f", {name} {value:.4g}" for name, value in zip(names, values) if name == "psnr")
+        progress.note = f"loss {values[0]:.4g}{extra}"
 
 
-class _TimeLeftColumn(TextColumn):
-    """Time left, whichever budget (steps or seconds) will end the run first."""
-
-    def __init__(self, settings: TrainSettings) -> None:
-        super().__init__("")
-        self.settings = settings
-
-    def render(self, task: Any) -> Text:  # type: ignore[override]
-        left = (task.total - task.completed) / task.speed if task.speed else None
-        if self.settings.max_seconds is not None:
-            budget_left = max(self.settings.max_seconds - (task.elapsed or 0.0), 0.0)
-            left = budget_left if left is None else min(left, budget_left)
-        text = "left ?" if left is None else f"left {int(left) // 60}:{int(left) % 60:02d}"
-        return Text(text, style="progress.remaining")
+def _cpu(state: Any) -> torch.Tensor:
+    """A generator state as a CPU byte tensor (checkpoints may hold it elsewhere)."""
+    return state.cpu() if hasattr(state, "cpu") else state

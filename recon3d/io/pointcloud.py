@@ -118,6 +118,15 @@ def _finish(path: Path, points: np.ndarray, normals: np.ndarray | None) -> Point
     return PointCloud(np.ascontiguousarray(points), _unit_normals(path, normals))
 
 
+def point_cloud_from_arrays(points: object, normals: object = None, source: str = "points") -> PointCloud:
+    """A PointCloud from arrays in memory (the Python API): (N, 3) points, or (N, 6) points and normals,
+    checked as a file's would be (non-finite rows dropped with a warning, normals made unit or left out)."""
+    array = np.asarray(points)
+    if normals is None and array.ndim == 2 and array.shape[1] == 6:
+        array, normals = array[:, :3], array[:, 3:]
+    return _finish(Path(source), array, None if normals is None else np.asarray(normals))
+
+
 def _unit_normals(path: Path, normals: np.ndarray | None) -> np.ndarray | None:
     """Unit float32 normals, or None (with a warning) when any is non-finite or zero-length."""
     if normals is None:

@@ -96,6 +96,28 @@ def gigabytes(n_bytes: float) -> str:
 # ------------------------------------------------------------------------------------ archive
 
 
+#: File signatures (first bytes) and extensions of what users give instead of a checkpoint.
+_SIGNATURES = ((b"ply", "a PLY file (a mesh or point cloud)"), (b"glTF", "a GLB mesh"), (b"OFF", "an OFF mesh"),
+               (b"solid", "an STL mesh"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8", "a JPEG image"),
+               (b"# .PCD", "a PCD point cloud"), (b"{", "a JSON file"))
+_EXTENSIONS = {".obj": "an OBJ mesh", ".stl": "an STL mesh", ".off": "an OFF mesh", ".ply": "a PLY file",
+               ".glb": "a GLB mesh", ".xyz": "a point cloud", ".pts": "a point cloud", ".txt": "a text file",
+               ".pcd": "a PCD point cloud", ".npz": "a NumPy archive", ".json": "a JSON file"}
+
+
+def looks_like(path: Path) -> str | None:
+    """What a file that is not a checkpoint seems to be (a mesh, a point cloud, an image…), or None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature):
+            return what
+    return _EXTENSIONS.get(Path(path).suffix.lower())
+
+
 def check_archive(path: Path) -> None:
     """Refuse, before loading, a file that is not a torch zip archive or that declares too much data.
 
@@ -107,6 +129,10 @@ def check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        what = looks_like(path)
+        if what is not None:
+            raise InputError(f"{path}: not a recon3d checkpoint but {what}; give the .pt file that fit-sdf, "
+                             "fit-occupancy or fit-nerf wrote") from exc
         raise InputError(f"{path}: not a recon3d checkpoint (not a torch zip archive: truncated, or another "
                          f"kind of file); refused to load it") from exc
     if len(entries) > MAX_ARCHIVE_ENTRIES:

@@ -106,6 +106,7 @@ class ExtractResult:
     seconds: dict[str, float]  # evaluate, marching_cubes, cleanup, normals, total
     lattice_queries: int = 0  # field evaluations on the lattice alone (what MISE saves against dense)
     dropped: int = 0  # closed pieces dropped for lack of data support
+    value_range: tuple[float, float] | None = None  # lowest and highest field value sampled on the lattice
 
 
 def estimate_bytes(lattice: Lattice, options: ExtractOptions,
@@ -200,6 +201,7 @@ def _extract(surface: Surface, lattice: Lattice, options: ExtractOptions, device
         else:
             sampled = sample_sparse(sampler, lipschitz, progress)
     lattice_queries = sampler.queries
+    value_range = sampler.value_range()
     check_triangulation_memory(len(sampled.origins), max(lattice.cells), device)
     with _timed(seconds, "marching_cubes"):
         if options.marching_cubes == "table":
@@ -225,7 +227,7 @@ def _extract(surface: Surface, lattice: Lattice, options: ExtractOptions, device
         vertex_normals = _normals(options.normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
     mesh = TriMesh(vertices=vertices, faces=faces, vertex_normals=vertex_normals)
-    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries, dropped)
+    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries, dropped, value_range)
 
 
 @contextmanager

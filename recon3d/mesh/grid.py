@@ -103,6 +103,11 @@ class Sampler:
     chunk: int
     device: torch.device
     queries: int = 0
+    #: Called after each chunk with the fraction of the current call done (progress within a level).
+    report: Callable[[float], None] | None = None
+    #: The lowest and highest canonical value seen (NaN left out), as device tensors: the field's range.
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
 
     def evaluate(self, points: torch.Tensor) -> torch.Tensor:
         """Canonical values at (N, 3) float32 field points.
@@ -114,12 +119,33 @@ class Sampler:
         out = torch.empty(n, dtype=torch.float32, device=self.device)
 
         def piece(start: int, stop: int) -> None:
-            out[start:stop] = canonical(self.field_fn(points[start:stop]), self.level, self.sign)
+            raw = self.field_fn(points[start:stop])
+            self._track(raw)
+            out[start:stop] = canonical(raw, self.level, self.sign)
+            if self.report is not None and n:
+                self.report(stop / n)
 
         with torch.no_grad():
             _, self.chunk = map_in_chunks(piece, n, self.chunk, self.device)
         self.queries += n
         return out
+
+    def _track(self, raw: torch.Tensor) -> None:
+        """Keep the canonical range of ``raw`` field values (no host sync: the minima stay on the device)."""
+        u = (raw.reshape(-1).to(torch.float32) - self.level) * self.sign
+        u = u[~torch.isnan(u)]
+        if u.numel() == 0:
+            return
+        low, high = u.min(), u.max()
+        self.low = low if self.low is None else torch.minimum(self.low, low)
+        self.high = high if self.high is None else torch.maximum(self.high, high)
+
+    def value_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) field value sampled (not canonical: the field's own), or None before any."""
+        if self.low is None or self.high is None:
+            return None
+        ends = sorted((self.level + self.sign * float(self.low), self.level + self.sign * float(self.high)))
+        return ends[0], ends[1]
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
         """Canonical values at (N, 3) padded indices; padding gets PAD_VALUE without a query."""
@@ -211,9 +237,17 @@ def sample_sparse(
     cells = _padded_cells(lattice, max(2**levels, block))
     codec = _Codec([c + 1 for c in cells])
     stride = 2**levels
+    phases = levels + 1  # the coarsest grid, each finer level, then the blocks around the surface
+
+    def report_phase(phase: int) -> None:
+        if progress is not None:
+            sampler.report = lambda fraction: progress("evaluate", min((phase + fraction) / phases, 1.0))
+
+    report_phase(0)
     surface, store = _coarsest(sampler, codec, stride, _threshold(lattice, lipschitz, stride))
     for level in range(1, levels):
-        _report(progress, "evaluate", level / levels)
+        report_phase(level)
+        _report(progress, "evaluate", level / phases)
         parents = surface if lipschitz is not None else _dilate(surface, [c // stride for c in cells])
         # The surface found so far tells the memory of the next level better than any up-front estimate.
         check_memory(int(parents.shape[0]) * REFINE_PARENT_BYTES, f"extraction at --resolution {max(lattice.cells)}",
@@ -223,7 +257,9 @@ def sample_sparse(
     seeds = _unique_cells((surface * stride) // block, [c // block for c in cells])
     check_memory(int(seeds.shape[0]) * (block + 1) ** 3 * BLOCK_VERTEX_BYTES,
                  f"extraction at --resolution {max(lattice.cells)}", "use a smaller --resolution", sampler.device)
+    report_phase(levels)
     result = _close_blocks(sampler, codec, store, seeds, block)
+    sampler.report = None
     _report(progress, "evaluate", 1.0)
     return result
 

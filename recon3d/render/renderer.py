@@ -9,17 +9,26 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from recon3d.device import map_in_chunks
+from recon3d.memory import available_bytes, field_point_bytes
 from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
 from recon3d.render.compositing import Composite, composite, composite_packed
-from recon3d.render.rays import Rays, image_rays
+from recon3d.render.rays import Rays, image_rays, ray_aabb
 from recon3d.render.samplers import OccupancyGrid, importance_samples, samples_to_intervals, stratified_samples
+
+#: What a render may hold at once for its field evaluations, per device type, at most half of what is
+#: available: the rays of a view go in chunks whose samples fit (:func:`rays_per_chunk`).
+RENDER_BYTES = {"cpu": 1 << 29, "cuda": 1 << 31}
+#: Secant and colour queries per ray of surface rendering, besides its coarse samples.
+SURFACE_EXTRA_SAMPLES = 16
 
 
 @dataclass
@@ -91,15 +100,65 @@ def _composite_at(field: torch.nn.Module, origins: Tensor, directions: Tensor, t
     return composite(sigmas, rgbs, t_starts, t_ends, background)
 
 
+def samples_per_ray(model, rays: Rays) -> int:
+    """An upper bound of the field samples one of ``rays`` costs ``model`` (a renderer of
+    recon3d.render.model): the marching steps across its box for grid sampling (occupancy only lowers
+    it), the fixed counts of hierarchical and surface rendering."""
+    origins, directions = rays.origins.reshape(-1, 3).float(), rays.directions.reshape(-1, 3).float()
+    sampling = getattr(model, "sampling", None)
+    if sampling is not None and sampling.kind == "hierarchical":
+        return 2 * int(sampling.coarse) + int(sampling.fine)
+    if sampling is not None:
+        grid, step = model.grid, float(sampling.step_size or model.grid.step_size)
+        near, far = sampling.near, sampling.far
+    elif hasattr(model, "to_field") and hasattr(model, "grid"):
+        origins, directions = model.to_field(rays)
+        grid, step, near, far = model.grid, float(model.step_size), None, None
+    else:
+        return int(getattr(model, "coarse", 128)) + SURFACE_EXTRA_SAMPLES
+    t0, t1, hit = ray_aabb(origins, directions, grid.aabb.to(origins.device))
+    if near is not None:
+        t0 = t0.clamp_min(float(near))
+    if far is not None:
+        t1 = t1.clamp_max(float(far))
+    length = torch.where(hit & (t1 > t0), t1 - t0, torch.zeros_like(t0))
+    return int(math.ceil(float(length.max()) / step)) + 2 if len(length) else 1
+
+
+def ray_bytes(model, rays: Rays) -> float:
+    """Peak bytes one of ``rays`` takes while ``model`` renders it: its samples (:func:`samples_per_ray`)
+    times the field's bytes per sample (with autograd for renderers that take gradients: NeuS), plus
+    the background field's samples when there is one."""
+    field = model.field if hasattr(model, "field") else model
+    gradients = hasattr(model, "to_field") or hasattr(model, "coarse")
+    total = samples_per_ray(model, rays) * field_point_bytes(field.config, "gradient" if gradients else "eval")
+    background = getattr(field, "background", None)
+    if background is not None:
+        total += BACKGROUND_SAMPLES * field_point_bytes(background.config, "eval")
+    return float(total)
+
+
+def rays_per_chunk(model, rays: Rays, device: torch.device, budget: float | None = None) -> int:
+    """How many of ``rays`` to render at once so that their samples fit in ``budget`` bytes (default:
+    :data:`RENDER_BYTES` for the device type, at most half of what it has available)."""
+    if budget is None:
+        budget = float(RENDER_BYTES.get(torch.device(device).type, RENDER_BYTES["cpu"]))
+        available = available_bytes(device)
+        if available is not None:
+            budget = min(budget, 0.5 * available)
+    return max(1, int(budget // max(ray_bytes(model, rays), 1.0)))
+
+
 @torch.no_grad()
 def render_image(model, scene, index: int, sampling: Sampling | None = None, grid: OccupancyGrid | None = None,
-                 chunk: int = 1 << 15) -> dict[str, np.ndarray]:
+                 chunk: int = 1 << 15, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """Render view ``index`` of ``scene``: rgb (H, W, 3), depth and opacity (H, W), as float32 arrays.
 
     ``model`` is a radiance field rendered with ``sampling`` (and ``grid``), or any renderer with a
     ``render(rays, background) -> Composite`` method and a ``field`` (recon3d.render.model). Rays go
-    ``chunk`` at a time; on GPU out-of-memory the chunk is halved and rendering continues where it
-    stopped (:func:`recon3d.device.map_in_chunks`).
+    ``chunk`` at a time (:func:`rays_per_chunk` picks one that fits in memory); on GPU out-of-memory the
+    chunk is halved and rendering continues where it stopped (:func:`recon3d.device.map_in_chunks`).
+    ``progress(rays_done, rays)`` is called after each chunk.
     """
     field = model if sampling is not None else model.field
     device = next(field.parameters()).device
@@ -111,6 +170,8 @@ def render_image(model, scene, index: int, sampling: Sampling | None = None, gri
             out = render_rays(field, rays[start:stop], sampling, grid, background).result
         else:
             out = model.render(rays[start:stop], background)
+        if progress is not None:
+            progress(stop, len(rays))
         return out.rgb.clamp(0, 1), out.expected_depth, out.opacity
 
     parts, _ = map_in_chunks(piece, len(rays), chunk, device)
