@@ -9,10 +9,11 @@ gradients are averaged before every optimiser step, DDP's rule; :func:`average_g
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,8 @@ from recon3d.errors import Recon3dError
 
 #: A gloo group beside an NCCL default group, for small decisions on CPU numbers (no GPU sync).
 _control: Any = None
+#: Inside :func:`alone`: this process works by itself (its own input of many), whatever the group.
+_alone = False
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,21 @@ def rank_device(ranks: Ranks, requested: torch.device) -> torch.device:
 
 
 def active() -> bool:
-    """Whether this process is one of several in a process group."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether this process is one of several in a process group (and not working :func:`alone`)."""
+    return not _alone and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Work as a process of one while inside: :func:`active` is False and :func:`leader` True, so a fit
+    of one of many inputs (each rank its own) neither averages gradients nor agrees with the other ranks,
+    and writes its own output. The process group stays; :func:`gather` and :func:`barrier` outside use it."""
+    global _alone
+    previous, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = previous
 
 
 def leader() -> bool:
@@ -103,8 +119,14 @@ def gather(obj: Any) -> list[Any]:
     if not active():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_control)  # pickled objects: through gloo beside NCCL
     return out
+
+
+def barrier() -> None:
+    """Wait until every rank is here (nothing when not distributed)."""
+    if active():
+        dist.barrier(group=_control)
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:

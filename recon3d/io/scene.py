@@ -382,6 +382,46 @@ def _locate(path: Path, split: str) -> tuple[Path, bool]:
                      "project: sparse/0 with images/)")
 
 
+def is_scene_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder the scene reader takes as one scene: it holds a ``transforms.json`` or a
+    ``transforms_<split>.json`` (:func:`_locate`), or is a COLMAP project (recon3d.io.colmap.find_project).
+    Any other folder is a folder of inputs."""
+    path = Path(path)
+    try:
+        if not path.is_dir():
+            return False
+        if (path / "transforms.json").is_file() or any(p.is_file() and _SPLIT_FILE.match(p.name)
+                                                        for p in path.glob("transforms_*.json")):
+            return True
+        return find_project(path) is not None
+    except OSError:
+        return False
+
+
+def is_scene_json(path: Path) -> bool:
+    """Whether ``path`` is a scene's transforms json by its name (``transforms.json``, ``transforms_<split>.json``),
+    as a pattern of many inputs may match it."""
+    name = Path(path).name
+    return Path(path).is_file() and (name.lower() == "transforms.json" or _SPLIT_FILE.match(name.lower()) is not None)
+
+
+def distinct_scenes(inputs: list[Path]) -> list[Path]:
+    """Many inputs with one entry per scene: the transforms jsons of a scene whose folder is an input too,
+    and all but the first json of a folder (a Blender scene's ``transforms_train.json`` beside its val and test
+    files), are left out; the reader fits the train split from any of them."""
+    folders = {p.resolve() for p in inputs if p.is_dir()}
+    seen: set[Path] = set()
+    kept = []
+    for path in inputs:
+        if is_scene_json(path):
+            parent = path.resolve().parent
+            if parent in folders or parent in seen:
+                continue
+            seen.add(parent)
+        kept.append(path)
+    return kept
+
+
 def _colmap_project(path: Path, split: str) -> tuple[dict, SparsePoints, Path] | None:
     """A folder without transforms json that holds a COLMAP project: its transforms dict, sparse points and
     model folder (recon3d.io.colmap.project_transforms); None for anything else."""
