@@ -485,23 +485,202 @@ def _check_plot(plot: Path | None, inputs: list[Path], output: Path | None = Non
 
 def _fit(command: str, path: Path, output: Path | None, device: str, resume: bool, as_json: bool, quiet: bool,
          force: bool, plot: Path | None, **options: Any) -> None:
-    """Every fit-* command: the method the input asks for, its options, the fit, the result line."""
+    """Every fit-* command: the method the input asks for, its options, the fit, the result line; many
+    inputs (a folder of inputs, or a pattern) go to :func:`_fit_many`. Under torchrun one input is fitted
+    data-parallel by every rank (recon3d.fit.loop.Sharding; rank 0 writes and prints)."""
+    from recon3d import distributed
+    from recon3d.console import set_quiet
     from recon3d.device import resolve_device
     from recon3d.fit.registry import method_for
     from recon3d.fit.run import default_output, fit_file, make_options
 
+    if _many_inputs(path):
+        _fit_many(command, path, output, device, resume, as_json, quiet, force, plot, **options)
+        return
     method = method_for(command, path)
     out = output or default_output(method, path)
     inputs = method.input_files(path)
     fit_options = make_options(method, **options)
     _check_plot(plot, [path, *inputs], out)
     torch_device = resolve_device(device)
-    summary = fit_file(method, path, fit_options, out, torch_device, resume=resume, show_progress=not quiet,
-                       inputs=inputs, force=force)
+    ranks = distributed.setup("nccl" if torch_device.type == "cuda" else "gloo")
+    if not ranks.leader:
+        set_quiet(True)  # one rank's log lines are every rank's (warnings still show)
+    try:
+        summary = fit_file(method, path, fit_options, out, distributed.rank_device(ranks, torch_device),
+                           resume=resume, show_progress=not quiet and ranks.leader, inputs=inputs, force=force)
+        if not ranks.leader:  # rank 0 wrote the checkpoint and prints
+            if summary["stopped_by"] == "interrupt":
+                raise typer.Exit(EXIT_INTERRUPTED)
+            return
+        if plot is not None:
+            _write_plot(plot, out, f"{command} {path.name}")
+            summary["plot"] = str(plot)
+        _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
+    finally:
+        distributed.teardown()
+
+
+def _many_inputs(path: Path) -> bool:
+    """Whether a command's INPUT names many inputs: a glob pattern, or a folder that is not a scene."""
+    from recon3d.batch import is_pattern
+    from recon3d.io.scene import is_scene_folder
+
+    return (is_pattern(str(path)) and not path.exists()) or (path.is_dir() and not is_scene_folder(path))
+
+
+def _fit_reads(command: str) -> tuple[Callable[[Path], bool], str]:
+    """Which entries of a folder or a pattern a fit command reads (by suffix, any case; scenes: folders the
+    scene reader takes, transforms jsons), and those words for an error."""
+    from recon3d.io.mesh import MESH_EXTENSIONS
+    from recon3d.io.pointcloud import POINT_CLOUD_EXTENSIONS
+    from recon3d.io.scene import is_scene_folder, is_scene_json
+
+    reads = {"fit-sdf": (POINT_CLOUD_EXTENSIONS, "point clouds"),
+             "fit-occupancy": ((*MESH_EXTENSIONS, ".npz"), "meshes and labelled points")}
+    suffixes, what = reads.get(command, ((), ""))
+
+    def accepts(path: Path) -> bool:
+        if path.is_dir():
+            return is_scene_folder(path)
+        return path.is_file() and (path.suffix.lower() in suffixes or is_scene_json(path))
+
+    scenes = "scenes (folders with a transforms json or a COLMAP project, transforms*.json)"
+    return accepts, f"{command} reads " + (f"{what} ({' '.join(suffixes)}) and " if suffixes else "") + scenes
+
+
+def _fit_many(command: str, path: Path, output: Path | None, device: str, resume: bool, as_json: bool,
+              quiet: bool, force: bool, plot: Path | None, **options: Any) -> None:
+    """A fit-* command on many inputs: one checkpoint per input, ``-o DIR/<name>.<kind>.pt``; a finished one
+    is skipped and an interrupted one resumed (a rerun goes on where the last stopped), ``--force`` refits
+    every input. Under torchrun each rank fits its share of the inputs, each input alone (not data-parallel)."""
+    import shlex
+
+    from recon3d import distributed
+    from recon3d.batch import finished_checkpoint, interrupted_checkpoint
+    from recon3d.device import resolve_device
+    from recon3d.fit.presets import check_fit_options
+    from recon3d.fit.registry import get_method, method_for
+    from recon3d.fit.run import default_output, fit_file, make_options
+
     if plot is not None:
-        _write_plot(plot, out, f"{command} {path.name}")
-        summary["plot"] = str(plot)
-    _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
+        raise Recon3dError("--plot: many inputs have no one loss curve; draw one input's with recon3d info "
+                           "MODEL.pt --plot loss.png")
+    if resume and force:
+        raise Recon3dError("--resume with --force: --force refits every input; without it a rerun resumes the "
+                           "interrupted ones and skips the finished ones")
+    kind = get_method(command).kind
+    suffix = f".{kind}.pt"
+    accepts, reads = _fit_reads(command)
+    torch_device = distributed.rank_device(distributed.ranks_from_env(), resolve_device(device))
+    if torch_device.type == "cuda":  # this rank's GPU (kernels launch on the current device)
+        import torch
+
+        torch.cuda.set_device(torch_device)
+    made: dict[str, Any] = {}
+
+    def fit_options(method: Any) -> Any:  # each method's options once; an option it does not take fails its inputs
+        if method.name not in made:
+            try:
+                made[method.name] = make_options(method, **options)
+                check_fit_options(made[method.name])
+            except Recon3dError as exc:
+                made[method.name] = exc
+        if isinstance(made[method.name], Recon3dError):
+            raise made[method.name]
+        return made[method.name]
+
+    def stem(source: Path) -> str:
+        try:
+            return default_output(method_for(command, source), source).name[:-len(suffix)]
+        except Recon3dError:
+            return source.stem
+
+    def check(inputs: list[Path]) -> None:  # an option no input's method takes (or out of range): one error
+        methods = {method.name: method for method in map(lambda source: method_for(command, source), inputs)}
+        errors = []
+        for method in methods.values():
+            try:
+                fit_options(method)
+                return
+            except Recon3dError as exc:
+                errors.append(exc)
+        raise errors[0]
+
+    def work(source: Path, out: Path) -> dict[str, Any]:
+        method = method_for(command, source)
+        resume = not force and interrupted_checkpoint(out, (kind,))
+        if resume:
+            info(f"{source}: resuming the interrupted {out}")
+        summary = fit_file(method, source, fit_options(method), out, torch_device, resume=resume,
+                           show_progress=not quiet, inputs=method.input_files(source), force=force)
+        if summary["stopped_by"] == "interrupt":
+            info(f"interrupted at step {summary['steps']}; resumable checkpoint written to {out}")
+            info(f"continue with: recon3d {command} {shlex.quote(str(path))} -o {shlex.quote(str(out.parent))}")
+            raise KeyboardInterrupt
+        return summary
+
+    _run_many(command, str(path), output, accepts, suffix, work, as_json, quiet, force,
+              done=lambda out: finished_checkpoint(out, (kind,)), stem=stem, reads=reads, file_suffixes=(".pt",),
+              check=check)
+
+
+def _run_many(label: str, text: str, output: Path | None, accepts: Callable[[Path], bool], suffix: str,
+              work: Callable[[Path, Path], dict[str, Any]], as_json: bool, quiet: bool, force: bool = False,
+              done: Callable[[Path], bool] | None = None, stem: Callable[[Path], str] | None = None,
+              reads: str = "", file_suffixes: tuple[str, ...] = (), check: Callable[[list[Path]], None] | None = None,
+              ) -> None:
+    """A command on many inputs (INPUT a folder or a glob pattern; ``accepts`` picks the entries it reads):
+    ``work(input, output)`` per input, outputs ``<-o folder>/<name><suffix>`` (recon3d.batch.output_names;
+    ``stem(input)`` names them), an output that ``done`` says is complete skipped (default: it exists; none
+    with ``force``), a failing input one ``error:`` line and the others go on. stdout: one JSON line per input with
+    ``--json``, else each written path; stderr: progress, and a summary line at the end. Under torchrun
+    every rank does its share (balanced by size), and rank 0 sums up all ranks. Exit 1 when any input
+    failed. ``check(inputs)`` runs before any work (a bad option: one error, nothing done)."""
+    from recon3d import batch, distributed
+    from recon3d.console import duration
+    from recon3d.io.scene import distinct_scenes
+
+    try:
+        inputs = distinct_scenes(batch.expand_inputs(text, accepts))  # one fit per scene, not per json of it
+    except Recon3dError as exc:
+        raise Recon3dError(f"{exc}" + (f"; {reads}" if reads else "")) from None
+    if check is not None:
+        check(inputs)
+    folder = batch.output_folder(output, file_suffixes)
+    jobs = list(zip(inputs, batch.output_names(inputs, folder, suffix, stem)))
+    ranks = distributed.setup("gloo")  # only the summary goes through the group
+    prefix = f"rank {ranks.rank}: " if ranks.distributed else ""
+
+    def on_start(index: int, count: int, source: Path, out: Path) -> None:
+        info(f"{prefix}[{index}/{count}] {source} → {out}")
+
+    def on_outcome(outcome: Any) -> None:
+        if outcome.status == "failed":
+            error_line(outcome.error if outcome.input in outcome.error else f"{outcome.input}: {outcome.error}")
+        elif outcome.status == "skipped":
+            info(f"{prefix}{outcome.input}: skipped, {outcome.output} is done (--force redoes it)")
+        else:
+            info(f"{prefix}{outcome.input}: done in {duration(outcome.seconds)}")
+        if as_json:
+            _emit(outcome.record(), True, None)
+        elif outcome.status == "done":
+            _emit({}, False, outcome.output, written=outcome.output)
+
+    try:
+        if ranks.leader:
+            info(f"{label}: {len(jobs)} inputs → {folder}" + (f", shared by {ranks.world} ranks" if ranks.distributed
+                                                              else ""))
+        start = time.perf_counter()
+        skip = (lambda out: False) if force else (done or (lambda out: out.is_file()))
+        outcomes = batch.run_batch(jobs, work, skip, on_outcome=on_outcome, on_start=on_start)
+        if ranks.leader:
+            info(f"{label}: {batch.summary_line(outcomes, time.perf_counter() - start)}")
+        distributed.barrier()  # the summary is out before any rank ends (torchrun stops the others then)
+    finally:
+        distributed.teardown()
+    if any(outcome.status == "failed" for outcome in outcomes):
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _named(check: Callable[[], Any], option: str) -> None:
@@ -657,23 +836,9 @@ def extract_mesh_command(
     from recon3d.api import extraction_progress
     from recon3d.device import resolve_device
     from recon3d.io.checkpoint import load_checkpoint
-    from recon3d.io.mesh import check_mesh_output, write_mesh
     from recon3d.mesh.from_field import MeshOptions, check_empty, mesh_from_checkpoint
 
-    names = [str(path) for path in outputs]
-    to_stdout = "-" in names
-    if names.count("-") > 1:
-        raise Recon3dError("-o -: give stdout once")
-    if len(set(names)) < len(names):
-        raise Recon3dError("-o: the same file is given twice")
-    for path in outputs:
-        check_output(path, [model], allow_stdout=True, what="mesh")
-        check_mesh_output(path, fmt)
-    if preview is not None:
-        _named(lambda: check_output(preview, [model, *outputs], suffixes=(".png",), example="mesh.png",
-                                    what="preview"), "--preview")
-    if to_stdout and _stdout_closed():
-        raise Recon3dError("-o -: stdout is closed; give a file name")
+    _check_mesh_outputs(outputs, fmt, preview, [model])
     options = MeshOptions(resolution=resolution, level=level, method={"mise": "sparse"}.get(method, method),
                           largest_component=largest_component, normals=normals, chunk=chunk, refine=refine,
                           marching_cubes=marching, keep_unsupported=keep_unsupported, faces=faces)
@@ -689,28 +854,235 @@ def extract_mesh_command(
         with extraction_progress(enabled=not quiet) as progress:
             mesh, stats = mesh_from_checkpoint(checkpoint, options, torch_device, progress=progress)
             check_empty(mesh, stats, checkpoint, model)  # inside: no "done" line before the error line
-        if stats["dropped_unsupported"]:
-            pieces = stats["dropped_unsupported"]
-            info(f"dropped {pieces} closed piece{'s' if pieces > 1 else ''} with no scan points near "
-                 f"{'them' if pieces > 1 else 'it'} (--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
-        if "faces_before_decimation" in stats:
-            info(f"decimated {stats['faces_before_decimation']:,} → {stats['faces']:,} faces; "
-                 f"{'still watertight' if stats['watertight'] else 'no longer watertight'}")
-        for path in outputs:
-            write_mesh(path, mesh, fmt)
-        if preview is not None:
-            _write_preview(mesh, preview, quiet=quiet)
+        _write_meshes(mesh, stats, outputs, fmt, preview, quiet)
     stats["seconds"]["total_with_write"] = time.perf_counter() - start
-    written = [str(path) for path in outputs if str(path) != "-"]
+    _finish_meshes(stats, {}, outputs, preview, as_json)
+
+
+def _check_mesh_outputs(outputs: list[Path], fmt: str | None, preview: Path | None, inputs: list[Path]) -> None:
+    """extract-mesh's and mesh's -o and --preview, checked before any work."""
+    names = [str(path) for path in outputs]
+    if names.count("-") > 1:
+        raise Recon3dError("-o -: give stdout once")
+    if len(set(names)) < len(names):
+        raise Recon3dError("-o: the same file is given twice")
+    from recon3d.io.mesh import check_mesh_output
+
+    for path in outputs:
+        check_output(path, inputs, allow_stdout=True, what="mesh")
+        check_mesh_output(path, fmt)
+    if preview is not None:
+        _named(lambda: check_output(preview, [*inputs, *outputs], suffixes=(".png",), example="mesh.png",
+                                    what="preview"), "--preview")
+    if "-" in names and _stdout_closed():
+        raise Recon3dError("-o -: stdout is closed; give a file name")
+
+
+def _write_meshes(mesh: Any, stats: dict[str, Any], outputs: list[Path], fmt: str | None, preview: Path | None,
+                  quiet: bool) -> None:
+    """Say what extraction dropped or decimated, then write every -o (and the preview)."""
+    from recon3d.io.mesh import write_mesh
+
+    if stats["dropped_unsupported"]:
+        pieces = stats["dropped_unsupported"]
+        info(f"dropped {pieces} closed piece{'s' if pieces > 1 else ''} with no scan points near "
+             f"{'them' if pieces > 1 else 'it'} (--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
+    if "faces_before_decimation" in stats:
+        info(f"decimated {stats['faces_before_decimation']:,} → {stats['faces']:,} faces; "
+             f"{'still watertight' if stats['watertight'] else 'no longer watertight'}")
+    for path in outputs:
+        write_mesh(path, mesh, fmt)
+    if preview is not None:
+        _write_preview(mesh, preview, quiet=quiet)
+
+
+def _finish_meshes(stats: dict[str, Any], extra: dict[str, Any], outputs: list[Path], preview: Path | None,
+                   as_json: bool) -> None:
+    """The result line on stderr and the written paths (or --json) on stdout."""
+    names = [str(path) for path in outputs]
+    written = [name for name in names if name != "-"]
     info(f"{stats['faces']:,} faces, {stats['vertices']:,} vertices at {'x'.join(map(str, stats['resolution']))} "
          f"in {stats['seconds']['total_with_write']:.2f} s" + (f"; wrote {', '.join(written)}" if written else ""))
-    summary = {"mesh": names[0], "meshes": names, **stats}
+    summary = {"mesh": names[0], "meshes": names, **extra, **stats}
     if preview is not None:
         summary["preview"] = str(preview)
-    if to_stdout:
+    if "-" in names:
         _emit(summary, as_json, None, to_stderr=True)
     else:
         _emit(summary, as_json, "\n".join(written), written=", ".join(written))
+
+
+@app.command("mesh", help=_help(
+               "Fit the field an input calls for and extract its mesh, in one process: a point cloud or posed images "
+               "→ signed distance (fit-sdf), a mesh or labelled points → occupancy (fit-occupancy).",
+               "Takes the options of both steps; no checkpoint is written unless --keep-model names one."),
+             epilog=_example("recon3d mesh scan.ply -o scan.obj",
+                             "recon3d mesh data/scene -o surface.ply --max-seconds 120 --keep-model surface.pt",
+                             "recon3d mesh shape.obj -o watertight.ply --faces 50000"))
+@_command
+def mesh_command(
+    source: Path = typer.Argument(..., metavar="INPUT",
+                                  help="Point cloud (PLY, PCD, XYZ/PTS/TXT, OBJ/OFF without faces, NPZ), mesh (OBJ, "
+                                       "PLY, STL, OFF, GLB), Occupancy Networks points.npz, or a scene of posed "
+                                       "images (a folder or a transforms json)."),
+    outputs: Optional[list[Path]] = typer.Option(None, "-o", "--output", metavar="MESH",
+                                                 help="Mesh file (.obj .ply .stl .off .glb), or - for stdout; repeat "
+                                                      "-o for several formats \\[default: <input name>.mesh.ply]."),
+    field: Optional[Literal["sdf", "occupancy"]] = typer.Option(
+        None, "--field", help="The field to fit \\[default: sdf for point clouds and scenes, occupancy for meshes "
+                              "and labelled points]."),
+    preset: str = typer.Option("fast", "--preset", metavar="PRESET",
+                               help="The fit's preset: sdf fast, paper, siren, fourier; occupancy fast, paper, "
+                                    "fourier, dvr (scenes)."),
+    steps: Optional[int] = StepsOpt,
+    max_seconds: Optional[float] = MaxSecondsOpt,
+    batch: Optional[int] = typer.Option(None, "--batch", metavar="N",
+                                        help="Points (scenes: rays) per step \\[default: the preset's]."),
+    lr: Optional[float] = LrOpt,
+    normals: Optional[NormalsMode] = typer.Option(None, "--normals",
+                                                  help="Point clouds: auto (the file's, else estimated), estimate, "
+                                                       "ignore \\[default: auto]."),
+    denoise: Optional[DenoiseMode] = typer.Option(None, "--denoise", help="Point clouds: auto, on, off "
+                                                                          "\\[default: auto]; see fit-sdf."),
+    outliers: Optional[OutlierMode] = typer.Option(None, "--outliers", help="Point clouds: drop or keep isolated "
+                                                                            "points \\[default: drop]."),
+    downscale: Optional[int] = DownscaleOpt,
+    white_background: Optional[bool] = BackgroundOpt,
+    box: Optional[str] = BoxOpt,
+    amp: bool = AmpOpt,
+    seed: int = SeedOpt,
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", metavar="N",
+                                             help="Cells along the longest side \\[default: 512 on a GPU, 256 on a "
+                                                  "CPU]."),
+    level: Optional[float] = typer.Option(None, "--level", metavar="X",
+                                          help="Iso-level \\[default: 0 for sdf, τ = 0.5 for occupancy]."),
+    faces: Optional[int] = typer.Option(None, "--faces", metavar="N", help="At most N faces (quadric decimation)."),
+    preview: Optional[Path] = typer.Option(None, "--preview", metavar="PNG",
+                                           help="Also write a grey picture of the mesh."),
+    fmt: Optional[MeshFormat] = typer.Option(None, "--format", case_sensitive=False,
+                                             help="The format for -o - (stdout)."),
+    largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
+    keep_unsupported: bool = typer.Option(False, "--keep-unsupported",
+                                          help="Keep closed pieces no scan point is near (dropped by default)."),
+    mesh_normals: MeshNormals = typer.Option("field", "--mesh-normals",
+                                             help="Vertex normals of the mesh: field (gradient), mesh, none."),
+    keep_model: Optional[Path] = typer.Option(None, "--keep-model", metavar="MODEL.pt",
+                                              help="Also write the fitted checkpoint (for render, info, another "
+                                                   "extraction)."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the fit's and the mesh's "
+                                                       "statistics on stdout (on stderr with -o -)."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fit and extract in one process: a mesh from a point cloud, a mesh, labelled points or posed images."""
+    from recon3d.mesh.from_field import MeshOptions
+
+    fit_values = dict(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp,
+                      normals=normals, denoise=denoise, outliers=outliers,
+                      **_scene_options(downscale, white_background, box))
+    options = MeshOptions(resolution=resolution, level=level, largest_component=largest_component,
+                          normals=mesh_normals, keep_unsupported=keep_unsupported, faces=faces, method="sparse")
+    options.validate()
+    if _many_inputs(source):
+        _mesh_many(source, outputs, field, fit_values, options, fmt, preview, keep_model, device, as_json, quiet)
+        return
+    _mesh_one(source, outputs, field, fit_values, options, fmt, preview, keep_model, device, as_json, quiet)
+
+
+def _mesh_one(source: Path, outputs: list[Path] | None, field: str | None, fit_values: dict[str, Any], options: Any,
+              fmt: str | None, preview: Path | None, keep_model: Path | None, device: str, as_json: bool,
+              quiet: bool) -> None:
+    """``recon3d mesh`` on one input; under torchrun the fit is data-parallel and rank 0 extracts and writes."""
+    from recon3d import distributed
+    from recon3d.api import extraction_progress
+    from recon3d.console import set_quiet
+    from recon3d.device import resolve_device
+    from recon3d.fit.registry import method_for
+    from recon3d.pipeline import fit_command_for, fit_in_memory, mesh_of
+
+    command = fit_command_for(source, field)
+    method = method_for(command, source)
+    outputs = outputs or [Path(f"{method.default_stem(source) or 'mesh'}.mesh.ply")]
+    inputs = [source, *method.input_files(source)]
+    _check_mesh_outputs(outputs, fmt, preview, inputs)
+    if keep_model is not None:
+        _named(lambda: check_output(keep_model, [*inputs, *outputs], suffixes=(".pt",), example="model.pt",
+                                    what="checkpoint"), "--keep-model")
+    torch_device = resolve_device(device)
+    ranks = distributed.setup("nccl" if torch_device.type == "cuda" else "gloo")
+    lead = ranks.leader
+    if not lead:
+        set_quiet(True)
+    files = [path for path in outputs if str(path) != "-"] + [p for p in (preview, keep_model) if p is not None]
+    try:
+        with contextlib.ExitStack() as stack:
+            for path in files if lead else []:
+                stack.enter_context(output_lock(path))
+            stack.enter_context(protect_inputs(inputs))
+            checkpoint, fit = fit_in_memory(source, command, fit_values, distributed.rank_device(ranks, torch_device),
+                                            show_progress=not quiet and lead, keep_model=keep_model if lead else None)
+            if not lead:
+                return
+            info(f"{command}: {fit['steps']} steps in {fit['seconds']:.1f} s (stopped by {fit['stopped_by']})")
+            start = time.perf_counter()
+            with extraction_progress(enabled=not quiet) as progress:
+                mesh, stats = mesh_of(checkpoint, source, options, torch_device, progress=progress)
+            _write_meshes(mesh, stats, outputs, fmt, preview, quiet)
+    finally:
+        distributed.teardown()
+    stats["seconds"]["total_with_write"] = time.perf_counter() - start
+    fit.pop("checkpoint", None)
+    extra = {"fit": fit, **({"checkpoint": str(keep_model)} if keep_model is not None else {})}
+    _finish_meshes(stats, extra, outputs, preview, as_json)
+
+
+def _mesh_many(source: Path, outputs: list[Path] | None, field: str | None, fit_values: dict[str, Any], options: Any,
+               fmt: str | None, preview: Path | None, keep_model: Path | None, device: str, as_json: bool,
+               quiet: bool) -> None:
+    """``recon3d mesh`` on a folder or a pattern: ``-o DIR/<name>.<format>`` per input (ply by default), each
+    fitted alone; a mesh already there is skipped (a rerun goes on), --force is not needed to redo one:
+    delete it. Under torchrun each rank does its share."""
+    from recon3d import distributed
+    from recon3d.device import resolve_device
+    from recon3d.fit.registry import method_for
+    from recon3d.io.mesh import MESH_EXTENSIONS, write_mesh
+    from recon3d.io.pointcloud import POINT_CLOUD_EXTENSIONS
+    from recon3d.io.scene import is_scene_folder, is_scene_json
+    from recon3d.pipeline import fit_command_for, fit_in_memory, mesh_of
+
+    if preview is not None or keep_model is not None:
+        raise Recon3dError(f"{'--preview' if preview is not None else '--keep-model'}: one file for many inputs; "
+                           "run recon3d mesh on one input for it")
+    if outputs is not None and len(outputs) > 1:
+        raise Recon3dError("-o: many inputs take one output folder")
+    output = outputs[0] if outputs else None
+    suffixes = (*POINT_CLOUD_EXTENSIONS, *MESH_EXTENSIONS)
+    torch_device = distributed.rank_device(distributed.ranks_from_env(), resolve_device(device))
+    if torch_device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(torch_device)
+
+    def accepts(path: Path) -> bool:
+        if path.is_dir():
+            return is_scene_folder(path)
+        return path.is_file() and (path.suffix.lower() in suffixes or is_scene_json(path))
+
+    def work(path: Path, out: Path) -> dict[str, Any]:
+        command = fit_command_for(path, field)
+        method = method_for(command, path)
+        with output_lock(out), protect_inputs([path, *method.input_files(path)]):
+            checkpoint, fit = fit_in_memory(path, command, fit_values, torch_device, show_progress=not quiet)
+            mesh, stats = mesh_of(checkpoint, path, options, torch_device)
+            write_mesh(out, mesh, fmt)
+        fit.pop("checkpoint", None)
+        return {"fit": fit, "faces": stats["faces"], "vertices": stats["vertices"]}
+
+    reads = ("mesh reads point clouds, meshes, labelled points (" + " ".join(sorted(set(suffixes))) + ") and scenes")
+    _run_many("mesh", str(source), output, accepts, f".{fmt or 'ply'}", work, as_json, quiet, reads=reads,
+              file_suffixes=tuple(MESH_EXTENSIONS))
 
 
 def _write_preview(mesh: Any, path: Path, size: int = 512, gif: bool = False, frames: int = 36,
