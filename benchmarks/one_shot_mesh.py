@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--kernels", default="torch", help="hash-grid paths to run (RECON3D_HASHGRID_KERNEL)")
     parser.add_argument("--resolution", type=int, default=None, help="extraction resolution [the command's default]")
+    parser.add_argument("--only", default=None, help="comma-separated substrings: run the cases whose name has one")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
@@ -96,6 +97,8 @@ def main() -> None:
 
         def timed(name: str, commands: list[list[str]], mesh: Path | None, ref: Path = args.mesh,
                   env: dict[str, str] = env, kernel: str = kernel) -> None:
+            if args.only and not any(part in name for part in args.only.split(",")):
+                return
             seconds, code = 0.0, 0
             for command in commands:
                 took, code = run(command, env, logs)
