@@ -196,6 +196,13 @@ class Scene:
         pixel); code that walks a large split should use :meth:`image` or :meth:`decode`."""
         return self.decode(self.pixels)[0]
 
+    def stored_alphas(self) -> torch.Tensor | None:
+        """(N, H, W) view of the stored alpha channel (uint8 0–255, or float in [0, 1]) when ``keep_alpha``
+        and the images have one, else None: no copy, for code that walks a whole split."""
+        if not self.keep_alpha or self.pixels.shape[-1] != 4:
+            return None
+        return self.pixels[..., 3]
+
     @property
     def alphas(self) -> torch.Tensor | None:
         """(N, H, W) float32 alpha of every image when ``keep_alpha`` (1 where none), else None."""
