@@ -132,17 +132,18 @@ REUSE_NEIGHBOUR_IDS = 32_000_000
 
 
 def smooth_until_quiet(points: np.ndarray, k: int, passes: tuple[str, ...], repeat_above: float,
-                       device: torch.device | str | None = None) -> tuple[np.ndarray, list[float]]:
+                       device: torch.device | str | None = None,
+                       neighbours: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
     """Smoothing passes in order (each "plane" or "quadric", see SMOOTHING_FITS), the first always and
     each next one only while the noise ratio is still at least ``repeat_above``; return the points and
     the ratio after each pass run.
 
     One pass of k neighbours divides the noise by about √k, but the ratio is noise over spacing, and a
     denser scan with the same noise has a smaller spacing: it needs more passes to come out as quiet.
+    ``neighbours`` (N, ≥k): the points' k nearest (ids, self first) when already queried.
     """
     k = int(min(k, len(points)))
-    neighbours = None
-    if len(passes) > 1 and len(points) * k <= REUSE_NEIGHBOUR_IDS and k >= 4:
+    if neighbours is None and len(passes) > 1 and len(points) * k <= REUSE_NEIGHBOUR_IDS and k >= 4:
         neighbours = cKDTree(points).query(points, k=k, workers=-1)[1]
     ratios: list[float] = []
     for fit in passes:

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from recon3d.console import info, warn
 from recon3d.errors import InputError, Recon3dError
 from recon3d.memory import check_memory
-from recon3d.points.denoise import NOISE_THRESHOLD, noise_ratio, smooth_until_quiet
+from recon3d.points.denoise import NOISE_THRESHOLD, REUSE_NEIGHBOUR_IDS, noise_ratio, smooth_until_quiet
 from recon3d.points.duplicates import first_occurrences
 from recon3d.points.normalize import fit_normalization, to_field
 from recon3d.points.normals import NEIGHBOURS, neighbourhood, orient_normals, pca_normals, sign_disagreement
@@ -106,11 +106,6 @@ def normalise(cloud: PointCloud, source: str) -> tuple[dict, np.ndarray]:
     return to_world, to_field(cloud.points, to_world).astype(np.float32)
 
 
-def nearest(points: np.ndarray, k: int) -> Query:
-    """Each point's k nearest neighbours (itself first), k capped at the number of points."""
-    return cKDTree(points).query(points, k=min(k, len(points)), workers=-1)
-
-
 def drop_isolated(cloud: PointCloud, distances: np.ndarray, source: str) -> tuple[PointCloud, int]:
     """Stage 3: leave out the isolated points (recon3d.points.outliers), with a warning."""
     stray = isolated_points(cloud.points, distances=distances)
@@ -147,15 +142,24 @@ def warn_if_flat(points: np.ndarray, source: str) -> None:
         warn(f"{source}: the points are flat (zero extent along one axis); the surface will be a thin shell")
 
 
+def will_smooth(denoise: str, ratio: float) -> bool:
+    """Whether stage 4 smooths a scan of this noise ratio under ``denoise`` (on, off, auto)."""
+    return denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)
+
+
 def smooth_if_noisy(points: np.ndarray, denoise: str, device: torch.device,
-                    source: str) -> tuple[np.ndarray, float, list[float]]:
+                    source: str, ratio: float | None = None,
+                    neighbours: np.ndarray | None = None) -> tuple[np.ndarray, float, list[float]]:
     """Stage 4: (points, noise ratio, the ratio after each smoothing pass run; empty when not smoothed).
 
-    ``denoise``: ``on``, ``off``, or ``auto`` (when the noise ratio reaches NOISE_THRESHOLD)."""
-    ratio = noise_ratio(points, device=device)
-    if not (denoise == "on" or (denoise == "auto" and ratio >= NOISE_THRESHOLD)):
+    ``denoise``: ``on``, ``off``, or ``auto`` (when the noise ratio reaches NOISE_THRESHOLD). ``ratio``:
+    these points' noise ratio when already measured; ``neighbours``: their SMOOTH_NEIGHBOURS nearest when
+    already queried."""
+    ratio = noise_ratio(points, device=device) if ratio is None else ratio
+    if not will_smooth(denoise, ratio):
         return points, ratio, []
-    points, after = smooth_until_quiet(points, SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE, device)
+    points, after = smooth_until_quiet(points, SMOOTH_NEIGHBOURS, SMOOTH_PASSES, SMOOTH_REPEAT_ABOVE, device,
+                                       neighbours=neighbours)
     passes = ", ".join(SMOOTH_PASSES[:len(after)])
     info(f"{source}: noise {ratio:.2f} of the point spacing: points smoothed onto the local fits of their "
          f"{SMOOTH_NEIGHBOURS} neighbours ({passes}; {after[-1]:.2f} after; --denoise off keeps them)")
@@ -203,22 +207,36 @@ def clean_scan(cloud: PointCloud, normals_mode: str, device: torch.device, sourc
     check_preparation_memory(cloud, source)
     to_world, points = normalise(cloud, source)
     check_deadline(deadline, source, "looking for isolated points")
-    # One k-nearest query serves the isolation test and, unless points leave or move, the normals.
-    query: Query | None = nearest(points, max(NEIGHBOURS, ISOLATION_NEIGHBOURS))
+    # One tree and one k-nearest query serve the noise measure, the isolation test and, unless points
+    # leave, the smoothing (a noisy scan is queried with its neighbour count at once) or else the normals.
+    tree = cKDTree(points)
+    ratio: float | None = noise_ratio(points, tree=tree, device=device)
+    k = max(NEIGHBOURS, ISOLATION_NEIGHBOURS)
+    wide = k
+    if will_smooth(denoise, ratio) and len(points) * SMOOTH_NEIGHBOURS <= REUSE_NEIGHBOUR_IDS:
+        wide = max(k, SMOOTH_NEIGHBOURS)
+    distances, ids = tree.query(points, k=min(wide, len(points)), workers=-1)
+    del tree
+    query: Query | None = (distances[:, :k], ids[:, :k]) if wide > k else (distances, ids)
+    smooth_ids = ids if wide > k else None
+    del distances, ids
     dropped = 0
     if outliers == "drop":
         cloud, dropped = drop_isolated(cloud, query[0], source)
         if dropped:
             to_world, points = normalise(cloud, source)
-            query = None
+            query = ratio = smooth_ids = None
     warn_if_collapsed(points, source, query)
+    if smooth_ids is not None:
+        query = None  # the points move: the normals need their own query
     warn_if_flat(points, source)
     check_deadline(deadline, source, "measuring the noise")
     start = time.perf_counter()
-    points, ratio, after = smooth_if_noisy(points, denoise, device, source)
+    points, ratio, after = smooth_if_noisy(points, denoise, device, source, ratio, smooth_ids)
+    del smooth_ids
     smoothed = bool(after)
     if query is not None and not smoothed:
-        query = (query[0][:, :NEIGHBOURS], query[1][:, :NEIGHBOURS])
+        query = (np.ascontiguousarray(query[0][:, :NEIGHBOURS]), np.ascontiguousarray(query[1][:, :NEIGHBOURS]))
     check_deadline(deadline, source, "choosing normals")
     normals, origin, spacing = choose_normals(cloud, points, normal_origin(cloud, normals_mode), device, source,
                                               None if smoothed else query)
