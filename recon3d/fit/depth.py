@@ -10,6 +10,7 @@ depth (recon3d.fit.losses.depth_termination_loss). A scene carries such points w
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +35,15 @@ class DepthRays:
     cx: torch.Tensor
     cy: torch.Tensor
     distortion: torch.Tensor | None
+    points: torch.Tensor | None = None  # (O, 3) the observed points, scene units
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
+
+    def subset(self, keep: torch.Tensor) -> DepthRays:
+        """The observations where ``keep`` (O,) is True (the cameras stay)."""
+        return dataclasses.replace(self, image=self.image[keep], uv=self.uv[keep], depth=self.depth[keep],
+                                   sigma=self.sigma[keep], points=None if self.points is None else self.points[keep])
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Rays, torch.Tensor, torch.Tensor]:
         """``n`` random observations: their rays (n,), target depths (n,) and uncertainties (n,)."""
@@ -65,4 +72,5 @@ def depth_rays(scene, device: torch.device) -> DepthRays | None:
     return DepthRays(image=frame[keep], uv=torch.as_tensor(sparse.obs_uv, dtype=torch.float32, device=device)[keep],
                      depth=depth[keep], sigma=(error * depth / fx[frame])[keep], c2w=c2w, fx=fx,
                      fy=scene.fy.to(device), cx=scene.cx.to(device), cy=scene.cy.to(device),
-                     distortion=None if scene.distortion is None else scene.distortion.to(device))
+                     distortion=None if scene.distortion is None else scene.distortion.to(device),
+                     points=points[point][keep])

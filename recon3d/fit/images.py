@@ -21,7 +21,7 @@ from recon3d.console import info
 from recon3d.errors import Recon3dError
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.nerf import training_targets
-from recon3d.fit.region import fitting_box, has_masks
+from recon3d.fit.region import fitting_region, has_masks
 from recon3d.fit.sdf import ANNEAL_START_LEVELS
 from recon3d.io.scene import Scene, read_scene, scene_files
 from recon3d.render.rays import RayBatch, RaySampler
@@ -54,6 +54,7 @@ class ImageData:
     bounds: np.ndarray  # (2, 3) the box to fit and mesh, field coordinates
     hull: torch.Tensor | None  # (R, R, R) bool over the scene's box: may hold the object (None: no hull)
     masks: bool  # the images' alpha is a mask (not 1 everywhere)
+    plane: np.ndarray | None = None  # (4,) n, c: the region is n·u ≥ c (field coordinates), or None
 
 
 def looks_like_scene(path: Path) -> bool:
@@ -88,6 +89,25 @@ def hull_cells(hull: torch.Tensor | None, scene_box: torch.Tensor, to_world: dic
     allowed = hull.to(centres.device)[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & inside_box
     volume = allowed.reshape(grid.resolution, grid.resolution, grid.resolution)[None, None].float()
     return (F.max_pool3d(volume, 3, stride=1, padding=1)[0, 0] > 0).reshape(-1)
+
+
+def plane_to_field(plane: np.ndarray | None, to_world: dict) -> np.ndarray | None:
+    """A world plane (4,) ``n, c`` (n·x = c) in field coordinates (x = scale · u + translation)."""
+    if plane is None:
+        return None
+    normal, offset = np.asarray(plane[:3], np.float64), float(plane[3])
+    translation = np.asarray(to_world["translation"], np.float64)
+    return np.concatenate([normal, [(offset - float(normal @ translation)) / float(to_world["scale"])]])
+
+
+def plane_cells(plane: np.ndarray | None, grid: OccupancyGrid) -> torch.Tensor | None:
+    """(cells,) bool: the grid's cells that reach the front of ``plane`` (field coordinates; n·u ≥ c),
+    None without a plane."""
+    if plane is None:
+        return None
+    normal = torch.as_tensor(plane[:3], dtype=torch.float32, device=grid.aabb.device)
+    half_diagonal = 0.5 * float(((grid.aabb[1] - grid.aabb[0]) / grid.resolution).norm())
+    return grid.cell_centers() @ normal >= float(plane[3]) - half_diagonal
 
 
 @dataclass
@@ -144,6 +164,8 @@ class ImagesMethod(Method):
     records = ("scene", "images", "width", "height", "downscale", "background", "psnr", "samples_per_second",
                "box_world", "masks")
     summary = ("images", "psnr", "samples_per_second")
+    #: Whether the method's rendering ends the region at a support plane (recon3d.fit.region.support_plane).
+    support_plane = False
 
     def accepts(self, path: Path) -> bool:
         return looks_like_scene(path)
@@ -165,7 +187,8 @@ class ImagesMethod(Method):
                                f"{len(data)}; resume needs the same scene")
 
     def prepare(self, run: FitRun, data: Scene) -> ImageData:
-        box, hull = fitting_box(data, run.config.get("box"))
+        region = fitting_region(data, run.config.get("box"))
+        box, hull = region.box, region.hull
         if run.resume is not None:  # the resumed field lives in the interrupted run's coordinates
             to_world, bounds = run.resume["to_world"], np.asarray(run.resume["bounds"], dtype=np.float64)
         else:
@@ -173,11 +196,20 @@ class ImagesMethod(Method):
         rays = RaySampler(data.pixels, data.c2w, data.fx, data.fy, data.cx, data.cy, data.distortion,
                           device=run.device, decode=training_targets(data))
         masks = has_masks(data)
+        if not self.support_plane:
+            region.plane = None
+        plane = plane_to_field(region.plane, to_world)
+        support = "" if region.plane is None else f", ends at the support plane {np.round(region.plane, 3).tolist()}"
         info(f"{data.source}: {len(data)} {data.split} images {data.width}x{data.height}, "
              f"masks: {'alpha (visual hull)' if masks and hull is not None else 'alpha' if masks else 'none'}, "
-             f"fitting box {np.round(box.numpy(), 3).tolist()}")
+             f"fitting box {np.round(box.numpy(), 3).tolist()}{support}")
+        if self.support_plane and not masks and run.config.get("box") is None and data.sparse is None:
+            info(f"{data.source}: no sparse points, so the region is a cube round the cameras' focus; "
+                 "`recon3d poses SCENE --known-poses -o DIR` triangulates them (a tighter region that ends at a "
+                 "wall or table the object rests on)")
         run.config["box_world"] = box.tolist()
-        return ImageData(data, rays, to_world, bounds, hull, masks)
+        run.config["region_plane"] = None if plane is None else plane.tolist()
+        return ImageData(data, rays, to_world, bounds, hull, masks, plane)
 
     def field_config(self, run: FitRun) -> dict[str, Any]:
         return copy.deepcopy(run.config["field"])
@@ -192,6 +224,9 @@ class ImagesMethod(Method):
         if run.resume is not None:
             grid.load_state_dict(run.resume["grid"])
         allowed = hull_cells(data.hull, data.scene.aabb.detach().float(), data.to_world, grid)
+        front = plane_cells(data.plane, grid)
+        if front is not None:  # behind the support plane is the background's: outside, never marched
+            allowed = front if allowed is None else allowed & front
         if allowed is not None:
             grid.restrict(allowed)
         return grid

@@ -17,7 +17,7 @@ import torch
 
 from recon3d.fields.encodings import HASHGRID
 from recon3d.fit import losses
-from recon3d.fit.depth import depth_rays
+from recon3d.fit.depth import DepthRays, depth_rays
 from recon3d.fit.images import (
     ImageData,
     ImagesMethod,
@@ -77,6 +77,27 @@ def resolve_preset(options: ImagesOptions, device: torch.device, masks: bool = T
             "box": check_box(options.box), "sampling": {"kind": "neus"}}
 
 
+def split_by_region(depth: DepthRays, data: ImageData) -> tuple[DepthRays | None, DepthRays | None]:
+    """The sparse points' observations whose point lies in the fitted region (the box, in front of a
+    support plane), for DS-NeRF's depth term, and those whose point lies beyond it (a wall behind the
+    support plane, the room outside the box): the background's, so their rays must cross the region
+    empty, as rays off a mask do (NeuS's mask loss with alpha 0). Either is None when it holds none.
+    Without the split, a point behind the region pulls a surface onto the region's edge, where its ray
+    leaves (the wall grows back as a slab)."""
+    scale = float(data.to_world["scale"])
+    translation = torch.as_tensor(data.to_world["translation"], dtype=torch.float32, device=depth.points.device)
+    u = (depth.points - translation) / scale
+    bounds = torch.as_tensor(data.bounds, dtype=torch.float32, device=u.device)
+    inside = ((u >= bounds[0]) & (u <= bounds[1])).all(dim=-1)
+    if data.plane is not None:
+        plane = torch.as_tensor(data.plane, dtype=torch.float32, device=u.device)
+        inside &= u @ plane[:3] >= plane[3]
+    if data.masks:  # masked images: every point is the depth term's, as before
+        inside = torch.ones_like(inside)
+    within, beyond = depth.subset(inside), depth.subset(~inside)
+    return (within if len(within) else None), (beyond if len(beyond) else None)
+
+
 class NeusStep(AdaptiveRays):
     """The per-step closure: rays → NeuS render → colour, eikonal, mask and free-space losses."""
 
@@ -87,13 +108,14 @@ class NeusStep(AdaptiveRays):
         self.anneal, self.cos_anneal = float(config["anneal"]), float(config["cos_anneal"])
         self.target_samples = int(config["target_samples"])
         self.random_background = bool(config["random_background"])
-        self.renderer = SdfRenderer(field, grid, data.to_world, grid.step_size)
+        self.renderer = SdfRenderer(field, grid, data.to_world, grid.step_size, data.plane)
         self.device = grid.aabb.device
         self.n_rays = int(n_rays)
         self.samples_seen = 0
         self.levels = field.encoding if hasattr(field.encoding, "set_active_levels") else None
         self.progress = 0.0  # the fraction of the budget used, set by the training loop
-        self.depth = depth_rays(data.scene, self.device) if self.weights.get("depth", 0.0) > 0 else None
+        depth = depth_rays(data.scene, self.device) if self.weights.get("depth", 0.0) > 0 else None
+        self.depth, self.beyond = split_by_region(depth, data) if depth is not None else (None, None)
         self.depth_rays = int(config.get("depth_rays", 0))
 
     def __call__(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -118,20 +140,26 @@ class NeusStep(AdaptiveRays):
             if len(free):
                 terms["free"] = losses.outside_loss(self.field(free))
                 loss = loss + self.weights["free"] * terms["free"]
-        if self.depth is not None:  # DS-NeRF on the scene's sparse points
+        if self.depth is not None:  # DS-NeRF on the scene's sparse points in the region
             rays, target_depth, sigma = self.depth.sample(self.depth_rays, gen)
             seen = self.renderer.render_rays(rays, targets.background.new_zeros(3), train=True, generator=gen,
                                              cos_anneal=cos_anneal)
             terms["depth"] = losses.depth_termination_loss(seen.result.weights, seen.t_starts, seen.t_ends,
                                                            seen.ray_indices, target_depth, sigma, len(target_depth))
             loss = loss + self.weights["depth"] * terms["depth"]
+        if self.beyond is not None:  # points beyond the region: the background's, the foreground clear
+            rays, _, _ = self.beyond.sample(self.depth_rays, gen)
+            seen = self.renderer.render_rays(rays, targets.background.new_zeros(3), train=True, generator=gen,
+                                             cos_anneal=cos_anneal)
+            terms["clear"] = losses.mask_loss(seen.result.opacity, torch.zeros_like(seen.result.opacity))
+            loss = loss + self.weights["depth"] * terms["clear"]
         with torch.no_grad():
             terms["psnr"] = losses.psnr(torch.mean((result.rgb - targets.rgb) ** 2))
         self.samples_seen += rendered.samples
         self.observe_samples(rendered.samples)
         zero = torch.zeros((), device=self.device)
-        for name in self.weights:  # the same terms every step (0 where one did not apply)
-            terms.setdefault(name, zero)
+        for name in [*self.weights, *(["clear"] if "depth" in self.weights else [])]:
+            terms.setdefault(name, zero)  # the same terms every step (0 where one did not apply)
         terms["loss"] = loss
         return terms
 
@@ -142,6 +170,7 @@ class SdfFromImages(ImagesMethod):
     name = "fit-sdf-images"
     command = "fit-sdf"
     kind = "sdf"
+    support_plane = True
 
     def configure(self, options: FitOptions, data: Scene, device: torch.device) -> dict[str, Any]:
         assert isinstance(options, ImagesOptions)

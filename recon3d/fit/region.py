@@ -10,6 +10,7 @@ Captures without masks also get a background radiance field for everything beyon
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,12 @@ from recon3d.render.hull import hull_box, visual_hull
 HULL_RESOLUTION = 96
 #: Half side of the region around the cameras' focus, as a fraction of the view's half-width there.
 FOCUS_SIZE = 0.6
+#: Support plane (RANSAC): random tries, inlier distance as a fraction of the points' extent (the diagonal
+#: of their box), the least share of the points on the plane, and of the cameras in front of it.
+PLANE_TRIES = 500
+PLANE_TOLERANCE = 0.01
+PLANE_SHARE = 0.2
+PLANE_CAMERAS = 0.95
 
 
 def background_field(device: torch.device) -> dict[str, Any]:
@@ -84,6 +91,95 @@ def focus_box(scene: Scene) -> torch.Tensor | None:
     if not bool((hi > lo).all()):
         return None
     return torch.stack([lo, hi]).float()
+
+
+@dataclass
+class Region:
+    """Where a field is fitted: a world box (2, 3), the masks' visual hull over the scene's box (R, R, R)
+    or None, and the support plane (4,) ``n, c`` (the region is n·x ≥ c) or None."""
+
+    box: torch.Tensor
+    hull: torch.Tensor | None = None
+    plane: np.ndarray | None = None
+
+
+def support_plane(points: np.ndarray, cameras: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """(4,) ``n, c``: the plane n·x = c (‖n‖ = 1) that most of ``points`` (P, 3) lie on, found by RANSAC
+    (Fischler and Bolles 1981, as point-cloud tools find a ground plane), with the camera centres
+    ``cameras`` (N, 3) on its positive side; None unless PLANE_SHARE of the points lie within
+    PLANE_TOLERANCE of the points' extent of it and PLANE_CAMERAS of the cameras are in front of it.
+
+    Such a plane is what the object rests on (a wall, a table, the floor): cameras see only its front, so
+    everything behind it is unobserved, and a field fitted through it grows the support into a slab.
+    """
+    points = np.asarray(points, np.float64)
+    if len(points) < 3:
+        return None
+    lo, hi = np.percentile(points, (2.0, 98.0), axis=0)
+    tolerance = PLANE_TOLERANCE * float(np.linalg.norm(hi - lo))
+    rng = np.random.default_rng(seed)
+    best, best_count = None, 0
+    for _ in range(PLANE_TRIES):
+        a, b, c = points[rng.choice(len(points), 3, replace=False)]
+        normal = np.cross(b - a, c - a)
+        length = float(np.linalg.norm(normal))
+        if length <= 1e-12:
+            continue
+        normal /= length
+        count = int((np.abs((points - a) @ normal) <= tolerance).sum())
+        if count > best_count:
+            best, best_count = (normal, float(normal @ a)), count
+    if best is None or best_count < PLANE_SHARE * len(points):
+        return None
+    normal, offset = best
+    inliers = points[np.abs(points @ normal - offset) <= tolerance]  # refit by least squares
+    centre = inliers.mean(axis=0)
+    normal = np.linalg.svd(inliers - centre, full_matrices=False)[2][-1]
+    heights = np.asarray(cameras, np.float64) @ normal - float(normal @ centre)
+    if np.median(heights) < 0:
+        normal, heights = -normal, -heights
+    if np.mean(heights > tolerance) < PLANE_CAMERAS:
+        return None
+    return np.concatenate([normal, [float(normal @ centre) + tolerance]])
+
+
+def sparse_region(scene: Scene) -> Region | None:
+    """The region from the scene's sparse points, None with too few: the points the cameras look at
+    (recon3d.io.colmap.object_points), without those on or behind their support plane when there is one
+    (:func:`support_plane`); their box (2nd to 98th percentiles, 10 % margin) clipped to the scene's box,
+    or the box the scene states."""
+    from recon3d.io.colmap import ROI_MIN_POINTS, object_points, points_box
+
+    if scene.sparse is None or len(scene.sparse.points) < ROI_MIN_POINTS:
+        return None
+    c2w = scene.c2w.detach().double().cpu().numpy()
+    intrinsics = torch.stack([scene.fx, scene.fy, scene.cx, scene.cy], dim=1).detach().double().cpu().numpy()
+    chosen = object_points(scene.sparse.points, c2w, intrinsics)
+    plane = support_plane(chosen, c2w[:, :3, 3])
+    if plane is not None:
+        front = chosen[chosen @ plane[:3] > plane[3]]
+        if len(front) < ROI_MIN_POINTS:
+            return None
+        chosen = front
+    aabb = scene.aabb.detach().double().cpu().numpy()
+    if getattr(scene, "aabb_source", "") in ("aabb", "points"):
+        box = aabb
+    else:
+        box = points_box(chosen)
+        box = np.stack([np.maximum(box[0], aabb[0]), np.minimum(box[1], aabb[1])])
+        if not bool((box[1] > box[0]).all()):
+            return None
+    return Region(torch.as_tensor(box, dtype=torch.float32), None, plane)
+
+
+def fitting_region(scene: Scene, box: list[float] | None) -> Region:
+    """The region to fit in: as :func:`fitting_box`, but captures without masks that have sparse points
+    take :func:`sparse_region` (a box round the points the cameras look at, ending at their support plane)."""
+    if box is None and not has_masks(scene):
+        region = sparse_region(scene)
+        if region is not None:
+            return region
+    return Region(*fitting_box(scene, box))
 
 
 def fitting_box(scene: Scene, box: list[float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -788,16 +788,26 @@ def region_of_interest(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarr
     points = np.asarray(points, np.float64)
     if len(points) < ROI_MIN_POINTS:
         return None
-    chosen = points
-    focus = focus_point(np.asarray(c2w, np.float64))
-    if focus is not None:
-        distance = float(np.median(np.linalg.norm(c2w[:, :3, 3] - focus, axis=1)))
-        half_view = float(np.min(np.minimum(intrinsics[:, 2] / intrinsics[:, 0], intrinsics[:, 3] / intrinsics[:, 1])))
-        near = np.linalg.norm(points - focus, axis=1) <= ROI_FOCUS_RADIUS * distance * half_view
-        if near.sum() >= ROI_MIN_POINTS:
-            chosen = points[near]
-    lo, hi = np.percentile(chosen, ROI_PERCENTILES, axis=0)
-    extent = np.maximum(hi - lo, 1e-6 * max(1.0, float(np.abs(chosen).max())))
+    return points_box(object_points(points, c2w, intrinsics))
+
+
+def object_points(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """The points (P, 3) an object-centric capture is about: those within the view's half-width of the
+    cameras' focus (at the median camera distance), when at least ROI_MIN_POINTS are; otherwise all."""
+    points, c2w = np.asarray(points, np.float64), np.asarray(c2w, np.float64)
+    focus = focus_point(c2w)
+    if focus is None:
+        return points
+    distance = float(np.median(np.linalg.norm(c2w[:, :3, 3] - focus, axis=1)))
+    half_view = float(np.min(np.minimum(intrinsics[:, 2] / intrinsics[:, 0], intrinsics[:, 3] / intrinsics[:, 1])))
+    near = np.linalg.norm(points - focus, axis=1) <= ROI_FOCUS_RADIUS * distance * half_view
+    return points[near] if near.sum() >= ROI_MIN_POINTS else points
+
+
+def points_box(points: np.ndarray) -> np.ndarray:
+    """(2, 3) the 2nd to 98th percentiles of points (P, 3) on each axis, widened by 10 % of the extent."""
+    lo, hi = np.percentile(points, ROI_PERCENTILES, axis=0)
+    extent = np.maximum(hi - lo, 1e-6 * max(1.0, float(np.abs(points).max())))
     margin = ROI_MARGIN * extent
     return np.stack([lo - margin, hi + margin])
 

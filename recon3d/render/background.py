@@ -54,6 +54,19 @@ def render_background(field: torch.nn.Module, origins: Tensor, directions: Tenso
     return composite(sigmas, rgbs, cumulative - length, cumulative, colour).rgb
 
 
+def region_exit(origins: Tensor, directions: Tensor, box: Tensor, plane: Tensor | None = None) -> Tensor:
+    """(R,) where rays leave the region: the box (:func:`box_exit`), or before that where a ray from
+    the front of ``plane`` (4,) ``n, c`` (the region is n·x ≥ c) crosses to its back: the support the
+    object rests on, which the background explains."""
+    exits = box_exit(origins, directions, box)
+    if plane is None:
+        return exits
+    normal, offset = plane[:3].to(origins), plane[3].to(origins)
+    height, rate = origins @ normal - offset, directions @ normal
+    crossing = torch.where((height > 0) & (rate < 0), -height / rate.clamp_max(-1e-12), torch.full_like(height, FAR))
+    return torch.minimum(exits, crossing)
+
+
 def box_exit(origins: Tensor, directions: Tensor, box: Tensor) -> Tensor:
     """(R,) where rays leave the box; for rays that miss it, their closest approach to the origin."""
     _, t_far, hit = ray_aabb(origins, directions, box)

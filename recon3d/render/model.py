@@ -160,4 +160,15 @@ def _surface_renderer(checkpoint: dict, kind: str, device: torch.device, source:
     grid = OccupancyGrid(bounds, resolution, steps_per_diagonal=steps)
     grid.load_state_dict(state)
     grid = grid.to(device)
-    return SdfRenderer(field, grid, checkpoint["to_world"], grid.step_size)
+    return SdfRenderer(field, grid, checkpoint["to_world"], grid.step_size, _region_plane(checkpoint, source))
+
+
+def _region_plane(checkpoint: dict, source: str) -> list[float] | None:
+    """The support plane the fit's region ends at (field coordinates), or None."""
+    plane = checkpoint["train"]["config"].get("region_plane")
+    if plane is None:
+        return None
+    if not (isinstance(plane, list) and len(plane) == 4 and all(isinstance(v, (int, float)) for v in plane)
+            and all(math.isfinite(v) for v in plane)):
+        raise InputError(f"{source}: train.config.region_plane must be four finite numbers")
+    return [float(v) for v in plane]

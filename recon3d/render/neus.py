@@ -14,12 +14,13 @@ cosine is annealed from half-weight to full over training as in NeuS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
+from recon3d.render.background import BACKGROUND_SAMPLES, region_exit, render_background
 from recon3d.render.compositing import Composite, composite_alphas_packed
 from recon3d.render.rays import Rays
 from recon3d.render.samplers import OccupancyGrid
@@ -63,11 +64,14 @@ class SdfRenderer:
     """Renders world-space rays of a field fitted to images: NeuS weights on the field's SDF and
     colour, samples marched through ``grid`` (in field coordinates) at ``step_size``.
 
-    ``to_world`` maps field coordinates to the scene's (x = scale · u + translation).
+    ``to_world`` maps field coordinates to the scene's (x = scale · u + translation); ``plane`` (4,)
+    ``n, c`` in field coordinates, where the region ends at a support plane (n·u ≥ c), else None.
     """
 
-    def __init__(self, field: torch.nn.Module, grid: OccupancyGrid, to_world: dict, step_size: float) -> None:
+    def __init__(self, field: torch.nn.Module, grid: OccupancyGrid, to_world: dict, step_size: float,
+                 plane: Any = None) -> None:
         self.field, self.grid, self.step_size = field, grid, float(step_size)
+        self.plane = None if plane is None else torch.as_tensor(plane, dtype=torch.float32).reshape(4)
         self.scale = float(to_world["scale"])
         self.translation = torch.as_tensor(to_world["translation"], dtype=torch.float32)
 
@@ -104,16 +108,18 @@ class SdfRenderer:
                                          n_rays, behind)
         if self.field.background is not None:
             result.rgb = with_background(self.field.background, result, origins, directions, self.grid.aabb,
-                                         background, train, generator)
+                                         background, train, generator, self.plane)
         return SdfRendering(result, sdf, grad, int(ray_indices.numel()), ray_indices, t_starts * self.scale,
                             t_ends * self.scale)
 
 
 def with_background(field: torch.nn.Module, result: Composite, origins: Tensor, directions: Tensor, box: Tensor,
-                    colour: Tensor, train: bool, generator: torch.Generator | None) -> Tensor:
+                    colour: Tensor, train: bool, generator: torch.Generator | None,
+                    plane: Tensor | None = None) -> Tensor:
     """(R, 3) the foreground's colour (composited on black) plus what its transmittance lets through
-    of the background radiance ``field`` seen beyond the fitting ``box`` (field coordinates)."""
-    seen = render_background(field, origins, directions, box_exit(origins, directions, box), BACKGROUND_SAMPLES,
-                             colour, train=train, generator=generator)
+    of the background radiance ``field`` seen beyond the fitting ``box`` (field coordinates) or, sooner,
+    behind the support ``plane``."""
+    seen = render_background(field, origins, directions, region_exit(origins, directions, box, plane),
+                             BACKGROUND_SAMPLES, colour, train=train, generator=generator)
     return result.rgb + (1.0 - result.opacity[:, None]) * seen
 
