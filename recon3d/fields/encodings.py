@@ -177,7 +177,10 @@ class HashGridEncoding(nn.Module):
         # (w0·w1)·w2 in this order: the same rounding as the per-corner product.
         weights = (w[:, :, 0, None, None, :] * w[:, :, 1, None, :, None]) * w[:, :, 2, :, None, None]
         weights = weights.reshape(n, n_levels, 8)
-        features = self.embeddings.index_select(0, index.view(-1)).view(n, n_levels, 8, self.n_features)
+        table = self.embeddings
+        rows = (table.index_select(0, index.view(-1)) if torch.is_grad_enabled() and table.requires_grad
+                else _gather_rows(table, index.view(-1)))  # no autograd through the complex view
+        features = rows.view(n, n_levels, 8, self.n_features)
         out = (weights[..., None] * features).sum(dim=2)  # (N,L,F)
         out = out * self.level_mask[:, None]
         return out.reshape(n, self.out_dim)
