@@ -1048,8 +1048,6 @@ def _mesh_many(source: Path, outputs: list[Path] | None, field: str | None, fit_
     from recon3d.device import resolve_device
     from recon3d.fit.registry import method_for
     from recon3d.io.mesh import MESH_EXTENSIONS, write_mesh
-    from recon3d.io.pointcloud import POINT_CLOUD_EXTENSIONS
-    from recon3d.io.scene import is_scene_folder, is_scene_json
     from recon3d.pipeline import fit_command_for, fit_in_memory, mesh_of
 
     if preview is not None or keep_model is not None:
@@ -1058,17 +1056,15 @@ def _mesh_many(source: Path, outputs: list[Path] | None, field: str | None, fit_
     if outputs is not None and len(outputs) > 1:
         raise Recon3dError("-o: many inputs take one output folder")
     output = outputs[0] if outputs else None
-    suffixes = (*POINT_CLOUD_EXTENSIONS, *MESH_EXTENSIONS)
+    (reads_points, points_words), (reads_shapes, shape_words) = _fit_reads("fit-sdf"), _fit_reads("fit-occupancy")
     torch_device = distributed.rank_device(distributed.ranks_from_env(), resolve_device(device))
     if torch_device.type == "cuda":
         import torch
 
         torch.cuda.set_device(torch_device)
 
-    def accepts(path: Path) -> bool:
-        if path.is_dir():
-            return is_scene_folder(path)
-        return path.is_file() and (path.suffix.lower() in suffixes or is_scene_json(path))
+    def accepts(path: Path) -> bool:  # what fit-sdf or fit-occupancy reads
+        return reads_points(path) or reads_shapes(path)
 
     def work(path: Path, out: Path) -> dict[str, Any]:
         command = fit_command_for(path, field)
@@ -1080,7 +1076,7 @@ def _mesh_many(source: Path, outputs: list[Path] | None, field: str | None, fit_
         fit.pop("checkpoint", None)
         return {"fit": fit, "faces": stats["faces"], "vertices": stats["vertices"]}
 
-    reads = ("mesh reads point clouds, meshes, labelled points (" + " ".join(sorted(set(suffixes))) + ") and scenes")
+    reads = f"mesh reads what fit-sdf or fit-occupancy reads: {points_words}; {shape_words}"
     _run_many("mesh", str(source), output, accepts, f".{fmt or 'ply'}", work, as_json, quiet, reads=reads,
               file_suffixes=tuple(MESH_EXTENSIONS))
 

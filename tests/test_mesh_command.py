@@ -125,3 +125,9 @@ def test_a_folder_of_inputs_is_meshed_each_and_a_rerun_skips_them(tmp_path):
     assert_ok(again)
     assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["skipped", "skipped"]
 
+
+
+def test_a_folder_without_inputs_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("not an input")
+    assert_one_error_line(run("mesh", tmp_path / "empty", "-o", tmp_path / "out", *TINY), "no input", "fit-sdf")
