@@ -573,10 +573,6 @@ def _fit_many(command: str, path: Path, output: Path | None, device: str, resume
     suffix = f".{kind}.pt"
     accepts, reads = _fit_reads(command)
     torch_device = distributed.rank_device(distributed.ranks_from_env(), resolve_device(device))
-    if torch_device.type == "cuda":  # this rank's GPU (kernels launch on the current device)
-        import torch
-
-        torch.cuda.set_device(torch_device)
     made: dict[str, Any] = {}
 
     def fit_options(method: Any) -> Any:  # each method's options once; an option it does not take fails its inputs
@@ -1058,10 +1054,6 @@ def _mesh_many(source: Path, outputs: list[Path] | None, field: str | None, fit_
     output = outputs[0] if outputs else None
     (reads_points, points_words), (reads_shapes, shape_words) = _fit_reads("fit-sdf"), _fit_reads("fit-occupancy")
     torch_device = distributed.rank_device(distributed.ranks_from_env(), resolve_device(device))
-    if torch_device.type == "cuda":
-        import torch
-
-        torch.cuda.set_device(torch_device)
 
     def accepts(path: Path) -> bool:  # what fit-sdf or fit-occupancy reads
         return reads_points(path) or reads_shapes(path)

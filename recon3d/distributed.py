@@ -85,10 +85,13 @@ def teardown() -> None:
 
 
 def rank_device(ranks: Ranks, requested: torch.device) -> torch.device:
-    """The GPU of this rank on its machine (cuda:LOCAL_RANK) when ``requested`` is CUDA; else as asked."""
+    """The GPU of this rank on its machine (cuda:LOCAL_RANK) when ``requested`` is CUDA, made the current
+    device (kernels launch there); else as asked."""
     if requested.type != "cuda" or not ranks.distributed or requested.index is not None:
         return requested
-    return torch.device("cuda", ranks.local_rank % max(torch.cuda.device_count(), 1))
+    device = torch.device("cuda", ranks.local_rank % max(torch.cuda.device_count(), 1))
+    torch.cuda.set_device(device)
+    return device
 
 
 def active() -> bool:

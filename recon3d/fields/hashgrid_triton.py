@@ -58,6 +58,13 @@ if triton is not None:
         return tl.where(dense != 0, dense_row.to(tl.int64), hashed) + offset
 
     @triton.jit
+    def _unit(x_ptr, rows64, axis: tl.constexpr, valid):
+        """One coordinate of the points mapped from [-1, 1] to [0, 1] (clamped), and 1.0 where it lies
+        inside the cube (∂h/∂x is 0 outside)."""
+        x = tl.load(x_ptr + rows64 * 3 + axis, mask=valid, other=0.0).to(tl.float32)
+        return tl.minimum(tl.maximum((x + 1.0) * 0.5, 0.0), 1.0), ((x >= -1.0) & (x <= 1.0)).to(tl.float32)
+
+    @triton.jit
     def _cell(unit, res):
         """Lower cell corner (int32) and position in the cell of unit coordinates at resolution res."""
         pos = unit * res
@@ -73,15 +80,9 @@ if triton is not None:
         valid = rows < n_points
         feats = tl.arange(0, F)
         rows64 = rows.to(tl.int64)
-        x0 = tl.load(x_ptr + rows64 * 3 + 0, mask=valid, other=0.0).to(tl.float32)
-        x1 = tl.load(x_ptr + rows64 * 3 + 1, mask=valid, other=0.0).to(tl.float32)
-        x2 = tl.load(x_ptr + rows64 * 3 + 2, mask=valid, other=0.0).to(tl.float32)
-        u0 = tl.minimum(tl.maximum((x0 + 1.0) * 0.5, 0.0), 1.0)
-        u1 = tl.minimum(tl.maximum((x1 + 1.0) * 0.5, 0.0), 1.0)
-        u2 = tl.minimum(tl.maximum((x2 + 1.0) * 0.5, 0.0), 1.0)
-        in0 = ((x0 >= -1.0) & (x0 <= 1.0)).to(tl.float32)
-        in1 = ((x1 >= -1.0) & (x1 <= 1.0)).to(tl.float32)
-        in2 = ((x2 >= -1.0) & (x2 <= 1.0)).to(tl.float32)
+        u0, in0 = _unit(x_ptr, rows64, 0, valid)
+        u1, in1 = _unit(x_ptr, rows64, 1, valid)
+        u2, in2 = _unit(x_ptr, rows64, 2, valid)
         width = N_LEVELS * F
         for level in range(N_LEVELS):
             res = tl.load(res_ptr + level)
@@ -132,15 +133,9 @@ if triton is not None:
         valid = rows < n_points
         feats = tl.arange(0, F)
         rows64 = rows.to(tl.int64)
-        x0 = tl.load(x_ptr + rows64 * 3 + 0, mask=valid, other=0.0).to(tl.float32)
-        x1 = tl.load(x_ptr + rows64 * 3 + 1, mask=valid, other=0.0).to(tl.float32)
-        x2 = tl.load(x_ptr + rows64 * 3 + 2, mask=valid, other=0.0).to(tl.float32)
-        u0 = tl.minimum(tl.maximum((x0 + 1.0) * 0.5, 0.0), 1.0)
-        u1 = tl.minimum(tl.maximum((x1 + 1.0) * 0.5, 0.0), 1.0)
-        u2 = tl.minimum(tl.maximum((x2 + 1.0) * 0.5, 0.0), 1.0)
-        in0 = ((x0 >= -1.0) & (x0 <= 1.0)).to(tl.float32)
-        in1 = ((x1 >= -1.0) & (x1 <= 1.0)).to(tl.float32)
-        in2 = ((x2 >= -1.0) & (x2 <= 1.0)).to(tl.float32)
+        u0, in0 = _unit(x_ptr, rows64, 0, valid)
+        u1, in1 = _unit(x_ptr, rows64, 1, valid)
+        u2, in2 = _unit(x_ptr, rows64, 2, valid)
         dx0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         dx1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         dx2 = tl.zeros((BLOCK_N,), dtype=tl.float32)

@@ -1,6 +1,6 @@
 """Safe file output: atomic writes, output checks and a per-output lock.
 
-* :func:`atomic_open` writes a temporary sibling ``.NAME.XXXXXXXX.tmp`` of the output, fsyncs it and moves
+* :func:`atomic_open` writes a temporary sibling ``.NAME.<random>.tmp`` of the output, fsyncs it and moves
   it into place with ``os.replace``, so an interrupted or failed write never leaves a half-written
   file where a good one stood.
 * :func:`check_output` refuses, before any long work, an output that is one of the run's inputs (the same
@@ -152,7 +152,7 @@ def lock_path(path: str | os.PathLike) -> Path:
 
 
 def temporaries(path: str | os.PathLike) -> list[Path]:
-    """Temporary files of :func:`atomic_open` for this output (``.NAME.XXXXXXXX.tmp`` next to its target)."""
+    """Temporary files of :func:`atomic_open` for this output (``.NAME.<random>.tmp`` next to its target)."""
     target = resolve_output(path)
     pattern = re.compile(rf"\.{re.escape(target.name)}\.{_TEMP_RANDOM}\.tmp")
     try:
