@@ -1,6 +1,8 @@
 """Where a fit-nerf step's time goes on a GPU: torch.profiler over 20 steps after 300 warm-up steps of lego.
 
-    RECON3D_HASHGRID_KERNEL=triton python benchmarks/profile_nerf_step.py LEGO_FOLDER > profile.txt
+    RECON3D_CUDA_GRAPHS=0 python benchmarks/profile_nerf_step.py LEGO_FOLDER > profile.txt
+
+(The eager step: a step replayed as a CUDA graph shows the profiler one launch.)
 """
 import sys
 from pathlib import Path

@@ -20,8 +20,8 @@ import os
 import torch
 from torch import nn
 
-#: ``RECON3D_HASHGRID_KERNEL=triton`` runs the hash grid through the Triton kernels wherever they can
-#: run; the default (``torch``) keeps the torch path until the kernels have been checked on a GPU.
+#: The hash grid runs through the Triton kernels wherever they can run (a CUDA device with Triton);
+#: ``RECON3D_HASHGRID_KERNEL=torch`` keeps the torch path everywhere.
 KERNEL_ENV = "RECON3D_HASHGRID_KERNEL"
 _TABLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -147,7 +147,7 @@ class HashGridEncoding(nn.Module):
 
     def _kernels(self, x: torch.Tensor):
         """The Triton module and this grid's level constants when the kernels serve ``x``, else None."""
-        if os.environ.get(KERNEL_ENV, "torch") != "triton" or torch.are_deterministic_algorithms_enabled():
+        if os.environ.get(KERNEL_ENV, "triton") == "torch" or torch.are_deterministic_algorithms_enabled():
             return None  # the kernels accumulate gradients with atomics: not bitwise reproducible
         try:
             from recon3d.fields import hashgrid_triton

@@ -36,6 +36,9 @@ from recon3d.errors import Recon3dError
 #: once per step after every shard's backward (``mean(x)``: x's mean over all shards), to change
 #: adaptive state identically on every rank; and its ``grid`` (an occupancy grid) gets a generator
 #: shared by every rank, so each rank's copy stays equal.
+#: A step function with ``update(step, generator, optimizer) -> terms`` runs the whole step itself (forward,
+#: backward and the optimiser's update: a captured step, recon3d.fit.captured) when the step is not sharded
+#: and autocast is off.
 StepFn = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
 
 #: Seed offsets: shard s draws from seed + s·SHARD_SEED_STRIDE; the shared grid generator from seed + GRID_SEED.
@@ -165,6 +168,16 @@ def make_adam(params: list[torch.nn.Parameter], settings: TrainSettings) -> torc
         return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, eps=settings.adam_eps)
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Every group's learning rate; filled in place where it is a device tensor (a captured step reads it
+    there: recon3d.fit.captured)."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
 class Trainer:
     """Runs ``step_fn`` under one optimiser, schedule and generator until a budget ends."""
 
@@ -210,8 +223,10 @@ class Trainer:
 
     def resume_state(self) -> dict[str, Any]:
         """Optimiser and RNG state plus progress: what ``--resume`` needs to continue exactly."""
+        optimizer = self.optimizer.state_dict()
+        optimizer["param_groups"] = [{**group, "lr": float(group["lr"])} for group in optimizer["param_groups"]]
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "generator": self.generator.get_state(),
             "step": self.state.step,
             "seconds": self.state.seconds,
@@ -245,8 +260,8 @@ class Trainer:
 
     def run(self) -> TrainState:
         settings, state = self.settings, self.state
-        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16,
-                                  enabled=settings.amp and self.device.type == "cuda")
+        amp = settings.amp and self.device.type == "cuda"
+        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp)
         self.model.train()
         start = time.perf_counter()
         seconds_before = state.seconds
@@ -272,20 +287,22 @@ class Trainer:
                     break
                 step = state.step
                 time_fraction = elapsed / settings.max_seconds if settings.max_seconds else 0.0
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate(settings, step, time_fraction)
+                set_learning_rate(self.optimizer, learning_rate(settings, step, time_fraction))
                 if hasattr(self.step_fn, "progress"):
                     self.step_fn.progress = min(max(step / settings.steps, time_fraction), 1.0)
                 if self.on_step is not None:
                     self.on_step(step)
                 if self.sharding.total > 1:
                     terms = self._sharded_step(step, autocast)
+                    self.optimizer.step()
+                elif hasattr(self.step_fn, "update") and not amp:
+                    terms = self.step_fn.update(step, self.generator, self.optimizer)
                 else:
                     with autocast:
                         terms = self.step_fn(step, self.generator)
                     self.optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
-                self.optimizer.step()
+                    self.optimizer.step()
                 state.step += 1
                 if state.step % settings.log_every == 0 or state.step == settings.steps:
                     self._log(terms, progress)

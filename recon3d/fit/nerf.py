@@ -35,7 +35,7 @@ from recon3d.fit.presets import choose_preset, make_batch, make_settings, pick
 from recon3d.fit.rays_per_step import AdaptiveRays
 from recon3d.fit.region import background_field, check_box, fitting_box, has_masks
 from recon3d.fit.run import fit
-from recon3d.io.scene import Scene, read_scene, scene_files
+from recon3d.io.scene import Scene, colour_on, read_scene, scene_files
 from recon3d.render.model import GRID, make_grid
 from recon3d.render.rays import RaySampler
 from recon3d.render.renderer import Sampling, render_rays
@@ -110,8 +110,7 @@ def training_targets(scene: Scene) -> Callable[[torch.Tensor], torch.Tensor]:
         if alpha is None:
             return colour
         alpha = alpha[..., None]
-        background = torch.tensor(scene.background, dtype=colour.dtype, device=colour.device)
-        premultiplied = colour - background * (1.0 - alpha)
+        premultiplied = colour - colour_on(scene.background, colour.device) * (1.0 - alpha)
         return torch.cat([premultiplied, alpha], dim=-1)
 
     return targets
@@ -207,6 +206,8 @@ class RadianceFromImages(Method):
         return {"scale": 1.0, "translation": [0.0, 0.0, 0.0]}, np.asarray(run.field.config["aabb"], dtype=np.float64)
 
     def make_step(self, run: FitRun) -> StepFn:
+        from recon3d.fit.nerf_captured import CapturedNerfStep, fixed_step_mode
+
         config, scene, device = run.config, run.data, run.device
         grid = make_grid(config, device)
         batch = config["batch"]
@@ -216,12 +217,20 @@ class RadianceFromImages(Method):
             batch = int(run.resume["train"].get("rays_per_step", batch))
         rays = RaySampler(scene.pixels, scene.c2w, scene.fx, scene.fy, scene.cx, scene.cy, scene.distortion,
                           device=device, decode=training_targets(scene))
-        return NerfStep(run.field, grid, rays, Sampling(**config["sampling"]), scene.background, batch,
-                        config["target_samples"], config["random_background"], depth=depth_rays(scene, device),
-                        depth_weight=float(config.get("depth", 0.0)), depth_rays=int(config.get("depth_rays", 0)))
+        sampling, depth = Sampling(**config["sampling"]), depth_rays(scene, device)
+        depth_weight = float(config.get("depth", 0.0))
+        args = (run.field, grid, rays, sampling, scene.background, batch, config["target_samples"],
+                config["random_background"])
+        mode = fixed_step_mode(device)
+        if mode and sampling.kind == "grid" and config["target_samples"] and run.field.background is None \
+                and (depth is None or depth_weight <= 0):
+            return CapturedNerfStep(*args, capture=mode == "capture")
+        return NerfStep(*args, depth=depth, depth_weight=depth_weight, depth_rays=int(config.get("depth_rays", 0)))
 
     def train_records(self, run: FitRun) -> dict[str, Any]:
         scene, step, state = run.data, run.step, run.state
+        if hasattr(step, "finish"):
+            step.finish()
         terms, last = state.terms, (state.history[-1] if state.history else None)
         return {
             "scene": str(scene.source), "images": len(scene), "width": scene.width, "height": scene.height,

@@ -113,6 +113,18 @@ def unit_floats(stored: torch.Tensor) -> torch.Tensor:
     return table[stored.long()]
 
 
+_COLOURS_ON: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}
+
+
+def colour_on(colour: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A constant colour as a float32 tensor on ``device``, made once: code replayed as a CUDA graph may
+    not copy from the host (recon3d.fit.captured)."""
+    key = (tuple(float(c) for c in colour), torch.device(device))
+    if key not in _COLOURS_ON:
+        _COLOURS_ON[key] = torch.tensor(key[0], dtype=torch.float32, device=device)
+    return _COLOURS_ON[key]
+
+
 @dataclass
 class Scene:
     """Posed images of one split, ready to cast rays from.
@@ -177,8 +189,7 @@ class Scene:
             alpha = values[..., 3] if values.shape[-1] == 4 else None
             if alpha is not None:  # the float path's compositing, operation for operation
                 a = alpha[..., None]
-                background = torch.tensor(self.background, dtype=torch.float32, device=stored.device)
-                colour = colour * a + background * (1.0 - a)
+                colour = colour * a + colour_on(self.background, stored.device) * (1.0 - a)
         else:
             colour = stored[..., :3]
             alpha = stored[..., 3] if stored.shape[-1] == 4 else None

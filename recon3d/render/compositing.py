@@ -8,8 +8,9 @@ depth = sum w_i t_mid_i (the expected depth of the surface is depth / opacity).
 Two layouts, same numbers: padded (R, S) tensors, and packed samples (M,) with ``ray_indices``
 sorted by ray then t (what :meth:`recon3d.render.samplers.OccupancyGrid.march` returns). Packed
 transmittance is an exclusive cumulative sum per ray, computed as one global cumsum in float64
-minus its value at each ray's first sample (float32 would lose the per-ray sums against the
-running total of many rays). Everything is differentiable and follows the inputs' device.
+minus its value at each ray's first sample, found by binary search in the sorted ray indices
+(float32 would lose the per-ray sums against the running total of many rays). Everything is
+differentiable and follows the inputs' device.
 """
 
 from __future__ import annotations
@@ -94,10 +95,7 @@ def render_weights_packed(
         return tau * 0.0, torch.ones_like(tau), alphas
     tau64 = tau.double()
     exclusive = torch.cumsum(tau64, dim=0) - tau64
-    positions = torch.arange(m, device=tau.device)
-    first = torch.ones(m, dtype=torch.bool, device=tau.device)
-    first[1:] = ray_indices[1:] != ray_indices[:-1]
-    start = torch.where(first, positions, torch.zeros_like(positions)).cummax(dim=0).values
+    start = torch.searchsorted(ray_indices, ray_indices)  # each sample's ray's first sample (sorted input)
     transmittance = torch.exp(-(exclusive - exclusive[start])).to(tau.dtype)
     return transmittance * alphas, transmittance, alphas
 

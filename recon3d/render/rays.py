@@ -222,7 +222,10 @@ class RaySampler:
         """``batch_size`` pixels drawn uniformly with replacement over all images."""
         source = generator.device if generator is not None else self.device
         flat = torch.randint(0, len(self), (int(batch_size),), generator=generator, device=source)
-        flat = flat.to(self.device)
+        return self.batch_of(flat.to(self.device))
+
+    def batch_of(self, flat: Tensor) -> RayBatch:
+        """Rays and colours of pixels given by flat indices (B,) in [0, len(self)): image-major, then row, column."""
         per_image = self.height * self.width
         image, rest = flat // per_image, flat % per_image
         v, u = rest // self.width, rest % self.width

@@ -337,6 +337,10 @@ class OccupancyGrid(nn.Module):
             offset = torch.zeros_like(t0)
         span = torch.where(valid, (t1 - t0) / step - offset, torch.zeros_like(t0))
         counts = torch.ceil(span).clamp_min(0).long()
+        from recon3d.render import march_triton
+
+        if march_triton.available(origins) and n_rays:  # the kernels: no candidate tensors, no chunks
+            return self._march_kernels(origins, directions, t0, t1, offset, counts, step)
         ends = torch.cumsum(counts, 0)
         total = int(ends[-1]) if n_rays else 0
         empty = torch.empty(0, device=device)
@@ -351,6 +355,20 @@ class OccupancyGrid(nn.Module):
         out = [self._march_chunk(origins, directions, t0, t1, offset, counts, step, a, b)
                for a, b in zip(bounds[:-1], bounds[1:])]  # fmt: skip
         return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
+
+    def _march_kernels(self, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor, offset: Tensor,
+                       counts: Tensor, step: float) -> tuple[Tensor, Tensor, Tensor]:
+        from recon3d.render import march_triton
+
+        args = (origins.float(), directions.float(), t0.float(), t1.float(), offset.float(), counts.int())
+        per_ray = march_triton.march_counts(self, *args, step)
+        ends = torch.cumsum(per_ray.long(), 0)
+        total = int(ends[-1])
+        rays = torch.empty(total, dtype=torch.int64, device=origins.device)
+        starts = torch.empty(total, dtype=torch.float32, device=origins.device)
+        stops = torch.empty(total, dtype=torch.float32, device=origins.device)
+        march_triton.march_write(self, *args, ends - per_ray, step, total, rays, starts, stops)
+        return rays, starts.to(origins.dtype), stops.to(origins.dtype)
 
     def _march_chunk(self, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor,
                      offset: Tensor, counts: Tensor, step: float, a: int,

@@ -1,0 +1,103 @@
+"""Occupancy-grid marching into buffers of a fixed size, with no host synchronisation.
+
+:meth:`recon3d.render.samplers.OccupancyGrid.march` returns as many samples as the rays need, which
+the host must read back before it can allocate them. A training step replayed as one CUDA graph
+(recon3d.fit.captured) needs every shape fixed in advance, as instant-ngp's fixed-size sample buffer
+does (Müller et al. 2022): every ray is marched over the most steps any ray can take through the box,
+the samples in occupied cells are compacted in ray order into ``capacity`` slots, and rays whose
+samples do not all fit are flagged so the loss leaves them out. Unused slots belong to a padding ray
+(index R) with empty intervals (t_start = t_end), whose weights are zero.
+
+For the same per-ray offsets the samples that fit are exactly ``OccupancyGrid.march``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from recon3d.render import march_triton
+from recon3d.render.rays import ray_aabb
+from recon3d.render.samplers import OccupancyGrid
+
+
+@dataclass
+class FixedSamples:
+    """Packed samples in ``capacity`` slots, sorted by ray then t; padding slots have ray index R.
+
+    ray_indices: (C,) int64; t_starts, t_ends: (C,); fits: (R,) bool, every sample of the ray is
+    in the buffer; samples: () int64, the samples the rays have (the slots in use up to ``capacity``).
+    """
+
+    ray_indices: Tensor
+    t_starts: Tensor
+    t_ends: Tensor
+    fits: Tensor
+    samples: Tensor
+
+
+def steps_per_ray(grid: OccupancyGrid, step_size: float | None = None) -> int:
+    """The most marching steps a ray can take through the grid's box: its diagonal / step, plus one
+    for the random offset."""
+    step = float(step_size or grid.step_size)
+    return int(math.ceil(float((grid.aabb[1] - grid.aabb[0]).norm()) / step)) + 1
+
+
+@torch.no_grad()
+def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset: Tensor, capacity: int,
+                near: float | None = None, far: float | None = None, step_size: float | None = None,
+                limit: int | None = None) -> FixedSamples:
+    """March (R,) rays (``origins``, unit ``directions`` (R, 3)) through ``grid`` into ``capacity`` slots.
+
+    ``offset`` (R,) in [0, 1): each ray's steps start that fraction of a step after it enters the box
+    (zeros: evaluation), as in ``OccupancyGrid.march(stratified=True)``. Costs R × ``limit`` candidate
+    steps whatever the occupancy. ``step_size`` (default: the grid's) and ``limit`` (default:
+    :func:`steps_per_ray`) are read from the grid's box on the host when not given: a captured step
+    must pass both.
+    """
+    step = float(step_size or grid.step_size)
+    n_rays, device = origins.shape[0], origins.device
+    limit = steps_per_ray(grid, step) if limit is None else int(limit)
+    t0, t1, hit = ray_aabb(origins, directions, grid.aabb)
+    if near is not None:
+        t0 = t0.clamp_min(float(near))
+    if far is not None:
+        t1 = t1.clamp_max(float(far))
+    span = torch.where(hit & (t1 > t0), (t1 - t0) / step - offset, torch.zeros_like(t0))
+    counts = torch.ceil(span).clamp(0, limit)
+    if march_triton.available(origins):
+        return _march_kernels(grid, origins, directions, t0, t1, offset, counts.int(), step, capacity)
+    k = torch.arange(limit, device=device, dtype=t0.dtype)
+    t_starts = t0[:, None] + (k + offset[:, None]) * step  # (R, K)
+    t_ends = torch.minimum(t_starts + step, t1[:, None])
+    mids = 0.5 * (t_starts + t_ends)
+    keep = (k < counts[:, None]) & grid.is_occupied(origins[:, None, :] + directions[:, None, :] * mids[..., None])
+    per_ray = keep.sum(dim=1)
+    ends = torch.cumsum(per_ray, 0)
+    slot = torch.cumsum(keep.reshape(-1), 0) - 1  # the slot of each kept candidate, in ray order
+    slot = torch.where(keep.reshape(-1) & (slot < capacity), slot, capacity)  # the rest go to a spare slot
+    rays = torch.arange(n_rays, device=device)[:, None].expand(n_rays, limit)
+
+    def packed(values: Tensor, fill: float | int) -> Tensor:
+        out = torch.full((capacity + 1,), fill, dtype=values.dtype, device=device)
+        return out.scatter_(0, slot, values.reshape(-1))[:capacity]
+
+    fits = (ends <= capacity) | (per_ray == 0)
+    return FixedSamples(packed(rays, n_rays), packed(t_starts, 0.0), packed(t_ends, 0.0), fits, ends[-1])
+
+
+def _march_kernels(grid: OccupancyGrid, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor, offset: Tensor,
+                   counts: Tensor, step: float, capacity: int) -> FixedSamples:
+    """:func:`march_fixed` by the Triton kernels (recon3d.render.march_triton): the same samples."""
+    n_rays, device = origins.shape[0], origins.device
+    args = (origins.float(), directions.float(), t0.float(), t1.float(), offset.float(), counts)
+    per_ray = march_triton.march_counts(grid, *args, step)
+    ends = torch.cumsum(per_ray.long(), 0)
+    rays = torch.full((capacity,), n_rays, dtype=torch.int64, device=device)
+    starts = torch.zeros(capacity, dtype=torch.float32, device=device)
+    stops = torch.zeros(capacity, dtype=torch.float32, device=device)
+    march_triton.march_write(grid, *args, ends - per_ray, step, capacity, rays, starts, stops)
+    return FixedSamples(rays, starts, stops, (ends <= capacity) | (per_ray == 0), ends[-1])
