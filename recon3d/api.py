@@ -295,8 +295,8 @@ def fit_sdf(points_or_path: Any, *, steps: int | None = None, max_seconds: float
     ``PointCloud``, or a scene of posed images (a folder or transforms json: NeuS). ``steps`` and
     ``max_seconds`` are budgets (None: the preset's for the device); ``options`` are the command's other
     options by their Python names (``batch``, ``lr``, ``amp``, ``normals``, ``denoise``, ``outliers``,
-    ``encoding``; for scenes ``downscale``, ``background``, ``box``). ``threads``: CPU threads while fitting
-    (None: as torch has them).
+    ``encoding``; for scenes ``downscale``, ``background``, ``box``, ``triangulate``). ``threads``: CPU threads
+    while fitting (None: as torch has them).
     """
     return _fit("fit-sdf", points_or_path, device=device, progress=progress, threads=threads, steps=steps,
                 max_seconds=max_seconds, preset=preset, seed=seed, **options)

@@ -158,6 +158,9 @@ BackgroundOpt = typer.Option(None, "--white-background/--black-background",
 BoxOpt = typer.Option(None, "--box", metavar="XMIN,YMIN,ZMIN,XMAX,YMAX,ZMAX",
                       help="Scenes: the region to fit, in world units \\[default: the masks' visual hull, else "
                            "the scene's box].")
+TriangulateOpt = typer.Option(None, "--triangulate/--no-triangulate",
+                              help="Scenes without masks or sparse points (fit-sdf): triangulate points from the "
+                                   "images and poses first (pycolmap, CPU), for the region \\[default: on].")
 SeedOpt = typer.Option(0, "--seed", metavar="N", help="Random seed (sampling and initialisation).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint.")
 FitOutputOpt = typer.Option(None, "-o", "--output", metavar="MODEL.pt",
@@ -357,6 +360,7 @@ def fit_sdf_command(
     downscale: Optional[int] = DownscaleOpt,
     white_background: Optional[bool] = BackgroundOpt,
     box: Optional[str] = BoxOpt,
+    triangulate: Optional[bool] = TriangulateOpt,
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -371,7 +375,8 @@ def fit_sdf_command(
     """Fit a signed distance field to a point cloud (IGR) or to posed images (NeuS)."""
     _fit("fit-sdf", scan, output, device, resume, as_json, quiet, force, plot, preset=preset, steps=steps,
          max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp, encoding=encoding, normals=normals,
-         denoise=denoise, outliers=outliers, **_scene_options(downscale, white_background, box))
+         denoise=denoise, outliers=outliers, triangulate=triangulate,
+         **_scene_options(downscale, white_background, box))
 
 
 @app.command("fit-occupancy", help=_help(
@@ -945,6 +950,7 @@ def mesh_command(
     downscale: Optional[int] = DownscaleOpt,
     white_background: Optional[bool] = BackgroundOpt,
     box: Optional[str] = BoxOpt,
+    triangulate: Optional[bool] = TriangulateOpt,
     amp: bool = AmpOpt,
     seed: int = SeedOpt,
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", metavar="N",
@@ -976,7 +982,7 @@ def mesh_command(
     from recon3d.mesh.from_field import MeshOptions
 
     fit_values = dict(preset=preset, steps=steps, max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp,
-                      normals=normals, denoise=denoise, outliers=outliers,
+                      normals=normals, denoise=denoise, outliers=outliers, triangulate=triangulate,
                       **_scene_options(downscale, white_background, box))
     options = MeshOptions(resolution=resolution, level=level, largest_component=largest_component,
                           normals=mesh_normals, keep_unsupported=keep_unsupported, faces=faces, method="sparse")

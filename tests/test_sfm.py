@@ -374,3 +374,39 @@ def test_a_scene_given_as_photos_is_pointed_to_known_poses(tmp_path):
     (tmp_path / "transforms.json").write_text("{}")
     with pytest.raises(InputError, match="--known-poses"):
         estimate_poses(tmp_path, tmp_path.parent / f"{tmp_path.name}_out")
+
+
+def test_fit_sdf_triangulates_a_capture_without_masks_or_points(rendered, tmp_path):
+    """fit-sdf on a scene (RGB, poses, no points) reads it with points triangulated from its images, in
+    its own images and downscaled pixels: each observation lies within two pixels of its point's
+    projection. --no-triangulate and --box skip it, and so does a scene with masks."""
+    import torch
+
+    from recon3d.fit.images import ImagesOptions
+    from recon3d.fit.neus import SdfFromImages
+
+    folder, poses = rendered
+    from PIL import Image
+
+    images = np.stack([np.asarray(Image.open(folder / f"view_{i:02d}.png")) for i in range(N_VIEWS)])
+    scene = tmp_path / "blender"
+    write_blender_scene(scene, images[:12], poses[:12], ANGLE_X, "train")
+    method, cpu = SdfFromImages(), torch.device("cpu")
+    read = method.read(scene, ImagesOptions(downscale=2), cpu)
+    sparse = read.sparse
+    assert sparse is not None and len(sparse.points) > 100 and read.width == SIZE // 2
+    frame = sparse.obs_frame
+    assert frame.min() >= 0 and frame.max() < len(read)
+    c2w = read.c2w.double().numpy()[frame]
+    local = np.einsum("nji,nj->ni", c2w[:, :3, :3], sparse.points[sparse.obs_point] - c2w[:, :3, 3])
+    u = read.cx.numpy()[frame] + read.fx.numpy()[frame] * local[:, 0] / -local[:, 2]
+    v = read.cy.numpy()[frame] - read.fy.numpy()[frame] * local[:, 1] / -local[:, 2]
+    error = np.hypot(u - sparse.obs_uv[:, 0], v - sparse.obs_uv[:, 1])
+    assert np.median(error) < 0.5 and np.percentile(error, 99) < 2.0, np.percentile(error, [50, 99])
+    assert method.read(scene, ImagesOptions(downscale=2, triangulate=False), cpu).sparse is None
+    assert method.read(scene, ImagesOptions(downscale=2, box=(-1.5,) * 3 + (1.5,) * 3), cpu).sparse is None
+    masked = tmp_path / "masked"
+    alpha = np.full(images.shape[:3] + (1,), 255, np.uint8)
+    alpha[:, :10] = 0  # a band of transparent rows: the images have masks
+    write_blender_scene(masked, np.concatenate([images, alpha], axis=-1)[:12], poses[:12], ANGLE_X, "train")
+    assert method.read(masked, ImagesOptions(downscale=2), cpu).sparse is None

@@ -42,6 +42,7 @@ class ImagesOptions(FitOptions):
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     random_background: bool = True
     box: tuple[float, float, float, float, float, float] | None = None
+    triangulate: bool = True  # a capture without masks or points: triangulate its points first
 
 
 @dataclass
@@ -177,9 +178,20 @@ class ImagesMethod(Method):
         return path.stem if path.suffix.lower() == ".json" else path.name
 
     def read(self, path: Path, options: FitOptions, device: torch.device) -> Scene:
+        """The train split. A capture without masks and without sparse points gets points triangulated
+        from its images and poses (pycolmap, CPU) when the method ends its region at a support plane and
+        no ``--box`` is given: the region then holds what the cameras look at, not the wall behind it."""
         assert isinstance(options, ImagesOptions)
-        return read_scene(path, "train", downscale=options.downscale, background=tuple(options.background),
-                          keep_alpha=True).to(device)
+        scene = read_scene(path, "train", downscale=options.downscale, background=tuple(options.background),
+                           keep_alpha=True)
+        if self.support_plane and options.triangulate and options.box is None and scene.sparse is None \
+                and not has_masks(scene):
+            from recon3d.sfm.poses import triangulated_points
+
+            info(f"{scene.source}: no masks and no sparse points: triangulating points of the {len(scene)} "
+                 "images from their poses (pycolmap, CPU; --no-triangulate skips this)")
+            scene.sparse = triangulated_points(path, scene, seed=options.seed)
+        return scene.to(device)
 
     def check_resume(self, checkpoint: dict, data: Scene, output: Path, path: Path) -> None:
         if checkpoint["train"].get("images") != len(data):
@@ -204,9 +216,9 @@ class ImagesMethod(Method):
              f"masks: {'alpha (visual hull)' if masks and hull is not None else 'alpha' if masks else 'none'}, "
              f"fitting box {np.round(box.numpy(), 3).tolist()}{support}")
         if self.support_plane and not masks and run.config.get("box") is None and data.sparse is None:
-            info(f"{data.source}: no sparse points, so the region is a cube round the cameras' focus; "
-                 "`recon3d poses SCENE --known-poses -o DIR` triangulates them (a tighter region that ends at a "
-                 "wall or table the object rests on)")
+            info(f"{data.source}: no sparse points, so the region is a cube round the cameras' focus; with points "
+                 "(triangulated by default, or `recon3d poses SCENE --known-poses -o DIR`) it is tighter and ends at "
+                 "a wall or table the object rests on")
         run.config["box_world"] = box.tolist()
         run.config["region_plane"] = None if plane is None else plane.tolist()
         return ImageData(data, rays, to_world, bounds, hull, masks, plane)

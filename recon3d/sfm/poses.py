@@ -39,9 +39,17 @@ from typing import Any
 import numpy as np
 
 from recon3d.console import info, progress_bar, stage, warn
-from recon3d.errors import InputError, Recon3dError
+from recon3d.errors import InputError, Recon3dError, one_line
 from recon3d.io.atomic import output_lock
-from recon3d.io.colmap import CV_TO_GL, SparsePoints, model_transforms, read_model, save_sparse, sparse_from_model
+from recon3d.io.colmap import (
+    CV_TO_GL,
+    SparsePoints,
+    load_sparse,
+    model_transforms,
+    read_model,
+    save_sparse,
+    sparse_from_model,
+)
 from recon3d.sfm import colmap_steps as steps
 from recon3d.sfm.frames import (
     PHOTO_EXTENSIONS,
@@ -393,6 +401,24 @@ def triangulate_scene(scene: str | os.PathLike, output: str | os.PathLike, split
     return {"scene": str(output), "input": str(scene), "split": split, "images": len(names), "points": len(sparse),
             "observations": int(len(sparse.obs_frame)), "frames": n_frames,
             "mean_reprojection_error": mean_error(sparse), "seconds": time.perf_counter() - started}
+
+
+def triangulated_points(path: str | os.PathLike, scene, seed: int = 0, show_progress: bool = True):
+    """Sparse points of ``scene`` (a Scene read from ``path`` without any; its poses known) by
+    :func:`triangulate_scene` of its split in a temporary folder, in its images and (downscaled) pixels:
+    a SparsePoints, or None with a warning when they cannot be had (no pycolmap, nothing triangulated)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="recon3d-points.") as tmp:
+            file = Path(tmp) / SPARSE_NAME
+            summary = triangulate_scene(path, file, split=scene.split, show_progress=show_progress, seed=seed)
+            sparse = load_sparse(file, int(summary["frames"]))
+    except Recon3dError as exc:
+        warn(f"{path}: no sparse points ({one_line(str(exc))})")
+        return None
+    frames = scene.frame_index if scene.frame_index is not None else range(len(scene))
+    position = np.full(int(summary["frames"]), -1, dtype=np.int64)
+    position[list(frames)] = np.arange(len(scene))
+    return sparse.remap_frames(position).downscaled(scene.downscale, scene.width, scene.height)
 
 
 def _colmap_params(model: str, k: np.ndarray, d: np.ndarray) -> list[float]:
