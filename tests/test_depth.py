@@ -37,6 +37,27 @@ def test_the_loss_is_the_cross_entropy_of_a_gaussian_at_the_depth():
     assert float(bad) == pytest.approx(-math.log(1e-10), rel=1e-3)
 
 
+def test_a_ray_whose_samples_miss_the_depth_is_not_pulled():
+    """Samples only on [0, 3] (the occupancy grid skipped the rest) and a depth of 4.05: the Gaussian has no
+    mass on them, so the ray adds nothing, instead of being pushed to stop at its last sample; a second ray
+    that covers its depth is unaffected by the first."""
+    edges = torch.linspace(0.0, 3.0, 31)
+    starts, ends = edges[:-1], edges[1:]
+    weights = torch.full((30,), 0.01, requires_grad=True)
+    loss = depth_termination_loss(weights, starts, ends, torch.zeros(30, dtype=torch.int64), torch.tensor([4.05]),
+                                  torch.tensor([0.02]), 1)
+    loss.backward()
+    assert float(loss) == 0.0 and float(weights.grad.abs().max()) == 0.0
+    covered = torch.linspace(0.0, 10.0, 101)
+    both_starts, both_ends = torch.cat([starts, covered[:-1]]), torch.cat([ends, covered[1:]])
+    rays = torch.cat([torch.zeros(30, dtype=torch.int64), torch.ones(100, dtype=torch.int64)])
+    elsewhere = torch.zeros(130)
+    elsewhere[100] = 1.0  # the second ray stops at 7.0, far from its depth
+    pair = depth_termination_loss(elsewhere, both_starts, both_ends, rays, torch.tensor([4.05, 4.05]),
+                                  torch.tensor([0.02, 0.02]), 2)
+    assert float(pair) == pytest.approx(-math.log(1e-10) / 2, rel=1e-3)
+
+
 def test_rays_of_observations_pass_through_their_points(tmp_path):
     """A sparse point seen by every camera: the ray through its observed pixel passes the point, at the
     distance the loss takes as its depth."""

@@ -97,12 +97,15 @@ def depth_termination_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ra
     entropy −Σᵢ gᵢ log(wᵢ) between a Gaussian at the observed depth D (n_rays,) with uncertainty σ
     (n_rays,), discretised on the ray's intervals (M,) and normalised to sum to 1 (gᵢ ∝ N(tᵢ; D, σ²) Δtᵢ,
     so it stays a distribution when σ is smaller than an interval), and the ray's compositing weights
-    wᵢ (M,) of rays ``ray_indices`` (M,); the mean over rays. Small when the ray stops where the point is."""
+    wᵢ (M,) of rays ``ray_indices`` (M,); the mean over rays. Small when the ray stops where the point is.
+    Each ray counts by the share of the Gaussian its samples cover (at most 1): a ray whose samples miss
+    the depth (space the occupancy grid skips) is not pushed to stop at whichever sample is nearest."""
     mids, lengths = 0.5 * (t_starts + t_ends), t_ends - t_starts
     target, spread = depth[ray_indices], sigma[ray_indices]
     mass = torch.exp(-0.5 * ((mids - target) / spread) ** 2) * lengths / (spread * math.sqrt(2.0 * math.pi))
     total = torch.zeros(n_rays, device=weights.device, dtype=mass.dtype).index_add(0, ray_indices, mass)
-    share = (mass / total[ray_indices].clamp_min(1e-12)).detach()
+    covered = total[ray_indices].clamp(max=1.0)
+    share = (mass / total[ray_indices].clamp_min(1e-12) * covered).detach()
     per_sample = -torch.log(weights + 1e-10) * share
     per_ray = torch.zeros(n_rays, device=weights.device, dtype=per_sample.dtype).index_add(0, ray_indices, per_sample)
     return per_ray.mean()
