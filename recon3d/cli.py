@@ -161,6 +161,8 @@ BoxOpt = typer.Option(None, "--box", metavar="XMIN,YMIN,ZMIN,XMAX,YMAX,ZMAX",
 TriangulateOpt = typer.Option(None, "--triangulate/--no-triangulate",
                               help="Scenes without masks or sparse points (fit-sdf): triangulate points from the "
                                    "images and poses first (pycolmap, CPU), for the region \\[default: on].")
+DepthOpt = typer.Option(None, "--depth/--no-depth",
+                        help="Scenes with sparse points: DS-NeRF's depth term on their observations \\[default: on].")
 SeedOpt = typer.Option(0, "--seed", metavar="N", help="Random seed (sampling and initialisation).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from the -o checkpoint.")
 FitOutputOpt = typer.Option(None, "-o", "--output", metavar="MODEL.pt",
@@ -445,6 +447,7 @@ def fit_nerf_command(
     downscale: Optional[int] = DownscaleOpt,
     white_background: Optional[bool] = BackgroundOpt,
     box: Optional[str] = BoxOpt,
+    depth: Optional[bool] = DepthOpt,
     amp: bool = AmpOpt,
     device: str = DeviceOpt,
     seed: int = SeedOpt,
@@ -458,7 +461,7 @@ def fit_nerf_command(
 ) -> None:
     """Fit a radiance field (NeRF) to posed images; render it with render, mesh it with extract-mesh."""
     _fit("fit-nerf", scene, output, device, resume, as_json, quiet, force, plot, preset=preset, steps=steps,
-         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp,
+         max_seconds=max_seconds, batch=batch, lr=lr, seed=seed, amp=amp, depth=depth,
          **_scene_options(downscale, white_background, box))
 
 

@@ -121,3 +121,18 @@ def test_fit_nerf_uses_the_sparse_points(tmp_path):
     plain = read_scene(folder, "train", keep_alpha=True)
     fit_nerf(plain, NerfOptions(steps=4), tmp_path / "plain.pt", torch.device("cpu"), show_progress=False)
     assert "depth" not in load_checkpoint(tmp_path / "plain.pt")["train"]["history_terms"]
+    fit_nerf(with_points, NerfOptions(steps=4, depth=False), tmp_path / "off.pt", torch.device("cpu"),
+             show_progress=False)  # fit-nerf --no-depth
+    assert "depth" not in load_checkpoint(tmp_path / "off.pt")["train"]["history_terms"]
+
+
+def test_no_depth_is_a_fit_nerf_option_and_only_that():
+    from typer.testing import CliRunner
+
+    from recon3d.cli import app
+
+    assert "--no-depth" in CliRunner().invoke(app, ["fit-nerf", "--help"], terminal_width=200).output
+    result = CliRunner().invoke(app, ["fit-nerf", "missing-scene", "--no-depth"])
+    assert result.exit_code == 1 and "no such option" not in result.output.lower()
+    other = CliRunner().invoke(app, ["fit-occupancy", "x", "--no-depth"])  # not an option there
+    assert other.exit_code == 1 and "no such option" in other.output.lower()
