@@ -213,16 +213,20 @@ class HashGridEncoding(nn.Module):
             scale = scale.to(dtype).permute(2, 0, 1)[..., None].expand(3, n, n_levels, n_feat).contiguous()
         return _GridWithJacobian.apply(self.embeddings, index, frac, scale, self.level_mask)
 
+    def _cell(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each point's cell at every level: its lower corner (N,L,3) as floats and the position in it (N,L,3)."""
+        unit = ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)  # (N,3) in [0,1]
+        res = self.resolutions.to(torch.float32)[:, None]  # (L,1)
+        pos = unit[:, None, :] * res  # (N,L,3)
+        base_f = torch.minimum(pos.detach().floor(), res - 1)
+        return base_f, pos - base_f
+
     def _corner_lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``_lookup`` with the corners first: table rows (2,2,2,N,L) ordered (b2,b1,b0), and the
         position in the cell (N,L,3). The same rows; per-corner blocks keep forward_with_jacobian's
         arithmetic on contiguous (N,L,F) slices."""
         n, n_levels = x.shape[0], self.n_levels
-        unit = ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)  # (N,3) in [0,1]
-        res = self.resolutions.to(torch.float32)[:, None]  # (L,1)
-        pos = unit[:, None, :] * res  # (N,L,3)
-        base_f = torch.minimum(pos.detach().floor(), res - 1)
-        frac = pos - base_f
+        base_f, frac = self._cell(x)
         corner = base_f.to(torch.int64).permute(2, 0, 1)[:, None] + self._bit_pair[:, None, None]  # (3,2,N,L)
         n_dense = self._n_dense
         index = torch.empty(2, 2, 2, n, n_levels, dtype=torch.int64, device=x.device)  # (b2,b1,b0)
@@ -251,11 +255,7 @@ class HashGridEncoding(nn.Module):
         torch.use_deterministic_algorithms(True). int64 indices: int32 ones made the CPU index_add 3x slower.
         """
         n, n_levels = x.shape[0], self.n_levels
-        unit = ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)  # (N,3) in [0,1]
-        res = self.resolutions.to(torch.float32)[:, None]  # (L,1)
-        pos = unit[:, None, :] * res  # (N,L,3)
-        base_f = torch.minimum(pos.detach().floor(), res - 1)
-        frac = pos - base_f
+        base_f, frac = self._cell(x)
         corner = base_f.to(torch.int64)[..., None] + self._bit_pair  # (N,L,3,2): coordinate of bit 0/1
         n_dense = self._n_dense
         index = torch.empty(n, n_levels, 2, 2, 2, dtype=torch.int64, device=x.device)  # (b2,b1,b0)

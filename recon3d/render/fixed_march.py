@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from recon3d.render import march_triton
-from recon3d.render.rays import ray_aabb
 from recon3d.render.samplers import OccupancyGrid
 
 
@@ -61,15 +60,12 @@ def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset
     step = float(step_size or grid.step_size)
     n_rays, device = origins.shape[0], origins.device
     limit = steps_per_ray(grid, step) if limit is None else int(limit)
-    t0, t1, hit = ray_aabb(origins, directions, grid.aabb)
-    if near is not None:
-        t0 = t0.clamp_min(float(near))
-    if far is not None:
-        t1 = t1.clamp_max(float(far))
-    span = torch.where(hit & (t1 > t0), (t1 - t0) / step - offset, torch.zeros_like(t0))
-    counts = torch.ceil(span).clamp(0, limit)
+    t0, t1, counts = grid.ray_steps(origins, directions, offset, step, near, far)
+    counts = counts.clamp_max(limit)
     if march_triton.available(origins):
-        return _march_kernels(grid, origins, directions, t0, t1, offset, counts.int(), step, capacity)
+        rays, starts, stops, per_ray, ends = march_triton.march_packed(grid, origins, directions, t0, t1, offset,
+                                                                       counts, step, capacity)
+        return FixedSamples(rays, starts, stops, (ends <= capacity) | (per_ray == 0), ends[-1])
     k = torch.arange(limit, device=device, dtype=t0.dtype)
     t_starts = t0[:, None] + (k + offset[:, None]) * step  # (R, K)
     t_ends = torch.minimum(t_starts + step, t1[:, None])
@@ -88,16 +84,3 @@ def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset
     fits = (ends <= capacity) | (per_ray == 0)
     return FixedSamples(packed(rays, n_rays), packed(t_starts, 0.0), packed(t_ends, 0.0), fits, ends[-1])
 
-
-def _march_kernels(grid: OccupancyGrid, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor, offset: Tensor,
-                   counts: Tensor, step: float, capacity: int) -> FixedSamples:
-    """:func:`march_fixed` by the Triton kernels (recon3d.render.march_triton): the same samples."""
-    n_rays, device = origins.shape[0], origins.device
-    args = (origins.float(), directions.float(), t0.float(), t1.float(), offset.float(), counts)
-    per_ray = march_triton.march_counts(grid, *args, step)
-    ends = torch.cumsum(per_ray.long(), 0)
-    rays = torch.full((capacity,), n_rays, dtype=torch.int64, device=device)
-    starts = torch.zeros(capacity, dtype=torch.float32, device=device)
-    stops = torch.zeros(capacity, dtype=torch.float32, device=device)
-    march_triton.march_write(grid, *args, ends - per_ray, step, capacity, rays, starts, stops)
-    return FixedSamples(rays, starts, stops, (ends <= capacity) | (per_ray == 0), ends[-1])

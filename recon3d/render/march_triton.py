@@ -144,3 +144,23 @@ def march_write(grid, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tenso
         counts.contiguous(), grid.occupied.view(torch.uint8), firsts.contiguous(), rays_out, starts_out, ends_out,
         int(capacity), n_rays, lo_x, lo_y, lo_z, sx, sy, sz, hx, hy, hz, float(step), resolution,
         BLOCK_R=BLOCK_RAYS, BLOCK_K=BLOCK_STEPS)
+
+
+def march_packed(grid, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor, offset: Tensor, counts: Tensor,
+                 step: float, capacity: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Both kernels: (ray indices, t_starts, t_ends, occupied steps per ray (R,), their running total (R,)).
+    ``capacity`` None: exactly the samples there are (their count read back on the host); else that many
+    slots, the unused ones the padding ray R's with empty intervals (no host synchronisation)."""
+    args = (origins.float(), directions.float(), t0.float(), t1.float(), offset.float(), counts.int())
+    per_ray = march_counts(grid, *args, step)
+    ends = torch.cumsum(per_ray.long(), 0)
+    device, n_rays = origins.device, origins.shape[0]
+    if capacity is None:
+        capacity = int(ends[-1])
+        rays = torch.empty(capacity, dtype=torch.int64, device=device)
+        starts, stops = (torch.empty(capacity, dtype=torch.float32, device=device) for _ in range(2))
+    else:
+        rays = torch.full((capacity,), n_rays, dtype=torch.int64, device=device)
+        starts, stops = (torch.zeros(capacity, dtype=torch.float32, device=device) for _ in range(2))
+    march_write(grid, *args, ends - per_ray, step, capacity, rays, starts, stops)
+    return rays, starts, stops, per_ray, ends

@@ -301,6 +301,20 @@ class OccupancyGrid(nn.Module):
         self.update(density_fn, all_cells=step < self.warmup_steps, generator=shared)
         return True
 
+    def ray_steps(self, origins: Tensor, directions: Tensor, offset: Tensor, step: float,
+                  near: Tensor | float | None = None,
+                  far: Tensor | float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Where each ray (R,) enters and leaves the box within [near, far] (t0, t1) and how many steps of
+        ``step``, starting ``offset`` (R,) of a step after t0, it takes there (float, 0 for a miss). Float
+        near/far need no host-to-device copy (a captured step's)."""
+        t0, t1, hit = ray_aabb(origins, directions, self.aabb)
+        if near is not None:
+            t0 = torch.maximum(t0, near.to(t0)) if isinstance(near, Tensor) else t0.clamp_min(float(near))
+        if far is not None:
+            t1 = torch.minimum(t1, far.to(t1)) if isinstance(far, Tensor) else t1.clamp_max(float(far))
+        span = torch.where(hit & (t1 > t0), (t1 - t0) / step - offset, torch.zeros_like(t0))
+        return t0, t1, torch.ceil(span).clamp_min(0)
+
     @torch.no_grad()
     def march(
         self,
@@ -325,22 +339,18 @@ class OccupancyGrid(nn.Module):
         device = origins.device
         step = float(step_size or self.step_size)
         n_rays = origins.shape[0]
-        t0, t1, hit = ray_aabb(origins, directions, self.aabb)
-        if near is not None:
-            t0 = torch.maximum(t0, torch.as_tensor(near, device=device, dtype=t0.dtype))
-        if far is not None:
-            t1 = torch.minimum(t1, torch.as_tensor(far, device=device, dtype=t1.dtype))
-        valid = hit & (t1 > t0)
         if stratified:
-            offset = _uniform((n_rays,), generator, device, t0.dtype)
+            offset = _uniform((n_rays,), generator, device, origins.dtype)
         else:
-            offset = torch.zeros_like(t0)
-        span = torch.where(valid, (t1 - t0) / step - offset, torch.zeros_like(t0))
-        counts = torch.ceil(span).clamp_min(0).long()
+            offset = torch.zeros(n_rays, device=device, dtype=origins.dtype)
+        t0, t1, counts = self.ray_steps(origins, directions, offset, step, near, far)
+        counts = counts.long()
         from recon3d.render import march_triton
 
         if march_triton.available(origins) and n_rays:  # the kernels: no candidate tensors, no chunks
-            return self._march_kernels(origins, directions, t0, t1, offset, counts, step)
+            rays, starts, stops, _, _ = march_triton.march_packed(self, origins, directions, t0, t1, offset, counts,
+                                                                  step)
+            return rays, starts.to(origins.dtype), stops.to(origins.dtype)
         ends = torch.cumsum(counts, 0)
         total = int(ends[-1]) if n_rays else 0
         empty = torch.empty(0, device=device)
@@ -355,20 +365,6 @@ class OccupancyGrid(nn.Module):
         out = [self._march_chunk(origins, directions, t0, t1, offset, counts, step, a, b)
                for a, b in zip(bounds[:-1], bounds[1:])]  # fmt: skip
         return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
-
-    def _march_kernels(self, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor, offset: Tensor,
-                       counts: Tensor, step: float) -> tuple[Tensor, Tensor, Tensor]:
-        from recon3d.render import march_triton
-
-        args = (origins.float(), directions.float(), t0.float(), t1.float(), offset.float(), counts.int())
-        per_ray = march_triton.march_counts(self, *args, step)
-        ends = torch.cumsum(per_ray.long(), 0)
-        total = int(ends[-1])
-        rays = torch.empty(total, dtype=torch.int64, device=origins.device)
-        starts = torch.empty(total, dtype=torch.float32, device=origins.device)
-        stops = torch.empty(total, dtype=torch.float32, device=origins.device)
-        march_triton.march_write(self, *args, ends - per_ray, step, total, rays, starts, stops)
-        return rays, starts.to(origins.dtype), stops.to(origins.dtype)
 
     def _march_chunk(self, origins: Tensor, directions: Tensor, t0: Tensor, t1: Tensor,
                      offset: Tensor, counts: Tensor, step: float, a: int,
