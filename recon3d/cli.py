@@ -514,19 +514,17 @@ def _fit(command: str, path: Path, output: Path | None, device: str, resume: boo
     ranks = distributed.setup("nccl" if torch_device.type == "cuda" else "gloo")
     if not ranks.leader:
         set_quiet(True)  # one rank's log lines are every rank's (warnings still show)
-    try:
+    with distributed.leaving_together():
         summary = fit_file(method, path, fit_options, out, distributed.rank_device(ranks, torch_device),
                            resume=resume, show_progress=not quiet and ranks.leader, inputs=inputs, force=force)
-        if not ranks.leader:  # rank 0 wrote the checkpoint and prints
-            if summary["stopped_by"] == "interrupt":
-                raise typer.Exit(EXIT_INTERRUPTED)
-            return
-        if plot is not None:
-            _write_plot(plot, out, f"{command} {path.name}")
-            summary["plot"] = str(plot)
-        _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
-    finally:
-        distributed.teardown()
+    if not ranks.leader:  # rank 0 wrote the checkpoint and prints
+        if summary["stopped_by"] == "interrupt":
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return
+    if plot is not None:
+        _write_plot(plot, out, f"{command} {path.name}")
+        summary["plot"] = str(plot)
+    _finish_fit(summary, out, as_json, f"recon3d {command} {path} -o {out} --resume")
 
 
 def _many_inputs(path: Path) -> bool:
@@ -671,7 +669,7 @@ def _run_many(label: str, text: str, output: Path | None, accepts: Callable[[Pat
         elif outcome.status == "done":
             _emit({}, False, outcome.output, written=outcome.output)
 
-    try:
+    with distributed.leaving_together():
         if ranks.leader:
             info(f"{label}: {len(jobs)} inputs → {folder}" + (f", shared by {ranks.world} ranks" if ranks.distributed
                                                               else ""))
@@ -680,9 +678,6 @@ def _run_many(label: str, text: str, output: Path | None, accepts: Callable[[Pat
         outcomes = batch.run_batch(jobs, work, skip, on_outcome=on_outcome, on_start=on_start)
         if ranks.leader:
             info(f"{label}: {batch.summary_line(outcomes, time.perf_counter() - start)}")
-        distributed.barrier()  # the summary is out before any rank ends (torchrun stops the others then)
-    finally:
-        distributed.teardown()
     if any(outcome.status == "failed" for outcome in outcomes):
         raise typer.Exit(EXIT_ERROR)
 
@@ -1021,7 +1016,7 @@ def _mesh_one(source: Path, outputs: list[Path] | None, field: str | None, fit_v
     if not lead:
         set_quiet(True)
     files = [path for path in outputs if str(path) != "-"] + [p for p in (preview, keep_model) if p is not None]
-    try:
+    with distributed.leaving_together():
         with contextlib.ExitStack() as stack:
             for path in files if lead else []:
                 stack.enter_context(output_lock(path))
@@ -1035,8 +1030,6 @@ def _mesh_one(source: Path, outputs: list[Path] | None, field: str | None, fit_v
             with extraction_progress(enabled=not quiet) as progress:
                 mesh, stats = mesh_of(checkpoint, source, options, torch_device, progress=progress)
             _write_meshes(mesh, stats, outputs, fmt, preview, quiet)
-    finally:
-        distributed.teardown()
     stats["seconds"]["total_with_write"] = time.perf_counter() - start
     fit.pop("checkpoint", None)
     extra = {"fit": fit, **({"checkpoint": str(keep_model)} if keep_model is not None else {})}

@@ -76,12 +76,31 @@ def setup(backend: str | None = None, timeout_minutes: float = 30.0) -> Ranks:
     return ranks
 
 
-def teardown() -> None:
-    """Leave the process group (a no-op when none was joined)."""
+def teardown(wait: bool = False) -> None:
+    """Leave the process group (a no-op when none was joined). ``wait``: first wait until every rank is
+    leaving too — a rank that destroys its gloo group while another still works can abort at exit
+    ("terminate called without an active exception"); a failed barrier (a rank died) is not an error here."""
     global _control
     if dist.is_available() and dist.is_initialized():
+        if wait and dist.get_world_size() > 1:
+            try:
+                dist.barrier(group=_control)
+            except RuntimeError:
+                pass  # a rank failed or left; its own error is the one to report
         dist.destroy_process_group()
     _control = None
+
+
+@contextlib.contextmanager
+def leaving_together() -> Iterator[None]:
+    """Run the block, then leave the process group: once every rank has finished its block when it ends
+    normally (a ``return`` included), at once when it raises (the other ranks may never come)."""
+    try:
+        yield
+    except BaseException:
+        teardown(wait=False)
+        raise
+    teardown(wait=True)
 
 
 def rank_device(ranks: Ranks, requested: torch.device) -> torch.device:

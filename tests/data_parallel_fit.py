@@ -23,12 +23,10 @@ def main() -> None:
     nerf.GRID["cpu"].update({"resolution": 32, "steps_per_diagonal": 128})
     nerf.PRESETS["fast"]["budget"]["cpu"].update({"batch": 512, "target_samples": 1 << 15})
     distributed.setup("gloo")
-    try:
+    with distributed.leaving_together():
         options = nerf.NerfOptions(steps=steps)
         fit_file(get_method("fit-nerf"), scene, options, out, torch.device("cpu"), show_progress=False,
                  shards_per_rank=per_rank)
-    finally:
-        distributed.teardown()
 
 
 if __name__ == "__main__":
