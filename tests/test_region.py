@@ -104,6 +104,21 @@ def test_a_wall_the_object_hangs_on_ends_the_region():
     assert fitting_region(scene, [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]).plane is None
 
 
+def test_a_stated_box_bounds_the_region_of_the_points_in_front_of_the_support():
+    """A box the scene states (recon3d poses writes one round the points the cameras look at, wall
+    included) only bounds the region: the region is the box of the object's points in front of the wall,
+    inside it; a stated box that misses those points is the region as it is."""
+    from recon3d.fit.region import fitting_region
+
+    scene = _wall_scene()
+    scene.aabb, scene.aabb_source = torch.tensor([[-0.3, -2.0, -2.0], [1.5, 2.0, 2.0]]), "aabb"
+    box = fitting_region(scene, None).box.numpy()
+    assert box[0, 0] > -0.3 and box[1, 1] - box[0, 1] < 2.5 and box[1, 2] - box[0, 2] < 2.5  # the blob's
+    assert (box[0] >= scene.aabb[0].numpy()).all() and (box[1] <= scene.aabb[1].numpy()).all()
+    scene.aabb = torch.tensor([[3.0, 3.0, 3.0], [4.0, 4.0, 4.0]])  # the user's box, away from every point
+    assert np.allclose(fitting_region(scene, None).box.numpy(), scene.aabb.numpy())
+
+
 def test_the_background_starts_at_the_support_plane():
     from recon3d.fit.images import plane_cells, plane_to_field
     from recon3d.render.background import box_exit, region_exit

@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from recon3d.errors import InputError
+from recon3d.io.colmap import ColmapCamera, ColmapImage, ColmapModel, ColmapPoints, qvec_to_rotation, world_to_camera
 from recon3d.io.scene import read_scene, write_blender_scene
 from recon3d.meshscene import Camera, MeshCaster, face_normals, icosphere, look_at, scene_mesh
 from recon3d.sfm import PosesOptions, estimate_poses, triangulate_scene
 from recon3d.sfm.command import poses_command
 from recon3d.sfm.frames import evenly, laplacian_variance, select_frames, video_frames
+from recon3d.sfm.orient import upright_model, upright_rotation
 
 N_VIEWS, SIZE, ANGLE_X, DISTANCE, RADIUS = 24, 200, 0.9, 3.2, 1.2
 
@@ -308,6 +311,35 @@ def test_a_video_orbit_is_posed(tmp_path):
     centres = scale * estimated[:, :3, 3] @ rotation.T + shift
     assert np.linalg.norm(centres - reference[:, :3, 3], axis=1).max() <= 0.02 * size
     assert rotation_degrees(rotation @ estimated[:, :3, :3], reference[:, :3, :3]).max() <= 2.0
+    # stood upright: the orbit's up (+z) is the scene's +z, so the alignment only turns about z
+    assert math.degrees(math.acos(min(1.0, rotation[2, 2]))) <= 2.0
+
+
+def test_a_model_is_turned_upright_without_moving_anything():
+    """upright_model: the cameras' mean up becomes +z, and every point projects to the same pixel of every
+    camera as before (a rotation of the world, nothing else)."""
+    rng = np.random.default_rng(3)
+    tilt = Rotation.from_rotvec([0.4, -0.9, 0.3]).as_matrix()  # the unknown frame SfM happened to choose
+    images, world_to_cam = {}, []
+    for i in range(6):
+        azimuth = 2 * math.pi * i / 6
+        eye = 3.0 * np.array([math.cos(azimuth), math.sin(azimuth), 0.5])
+        c2w = look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
+        c2w[:3, :3], c2w[:3, 3] = tilt @ c2w[:3, :3], tilt @ c2w[:3, 3]
+        qvec, tvec = world_to_camera(c2w)
+        images[i + 1] = ColmapImage(i + 1, qvec, tvec, 1, f"{i}.png", np.zeros((0, 2)), np.zeros(0, np.int64))
+        world_to_cam.append((qvec_to_rotation(qvec), tvec))
+    xyz = rng.normal(size=(50, 3))
+    points = ColmapPoints(ids=np.arange(50), xyz=xyz, rgb=np.zeros((50, 3), np.uint8), error=np.zeros(50))
+    model = ColmapModel({1: ColmapCamera(1, "PINHOLE", 64, 64, np.array([50.0, 50.0, 32.0, 32.0]))}, images, points)
+    turned, rotation = upright_model(model)
+    assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-9) and np.isclose(np.linalg.det(rotation), 1.0)
+    assert np.allclose(rotation @ tilt @ [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], atol=1e-6)
+    for (r, t), image in zip(world_to_cam, turned.images.values()):
+        before = xyz @ r.T + t
+        after = turned.points.xyz @ qvec_to_rotation(image.qvec).T + image.tvec
+        assert np.allclose(before, after, atol=1e-9)
+    assert np.allclose(upright_rotation(np.stack([np.eye(3), np.diag([1.0, -1.0, -1.0])])), np.eye(3))  # cancel
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -146,8 +146,9 @@ def support_plane(points: np.ndarray, cameras: np.ndarray, seed: int = 0) -> np.
 def sparse_region(scene: Scene) -> Region | None:
     """The region from the scene's sparse points, None with too few: the points the cameras look at
     (recon3d.io.colmap.object_points), without those on or behind their support plane when there is one
-    (:func:`support_plane`); their box (2nd to 98th percentiles, 10 % margin) clipped to the scene's box,
-    or the box the scene states."""
+    (:func:`support_plane`); their box (2nd to 98th percentiles, 10 % margin) clipped to the scene's box.
+    A box the scene states (``aabb``, as ``recon3d poses`` writes it before the support is known) bounds
+    the region; ``--box`` replaces it."""
     from recon3d.io.colmap import ROI_MIN_POINTS, object_points, points_box
 
     if scene.sparse is None or len(scene.sparse.points) < ROI_MIN_POINTS:
@@ -162,13 +163,13 @@ def sparse_region(scene: Scene) -> Region | None:
             return None
         chosen = front
     aabb = scene.aabb.detach().double().cpu().numpy()
-    if getattr(scene, "aabb_source", "") in ("aabb", "points"):
-        box = aabb
-    else:
-        box = points_box(chosen)
-        box = np.stack([np.maximum(box[0], aabb[0]), np.minimum(box[1], aabb[1])])
-        if not bool((box[1] > box[0]).all()):
+    stated = getattr(scene, "aabb_source", "") in ("aabb", "points")
+    box = points_box(chosen)
+    box = np.stack([np.maximum(box[0], aabb[0]), np.minimum(box[1], aabb[1])])
+    if not bool((box[1] > box[0]).all()):
+        if not stated:
             return None
+        box = aabb
     return Region(torch.as_tensor(box, dtype=torch.float32), None, plane)
 
 

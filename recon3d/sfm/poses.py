@@ -61,6 +61,7 @@ from recon3d.sfm.frames import (
     video_frames,
     write_photos,
 )
+from recon3d.sfm.orient import upright_model
 from recon3d.sfm.transforms import (
     PLY_NAME,
     SPARSE_NAME,
@@ -260,6 +261,9 @@ def estimate_poses(source: str | os.PathLike, output: str | os.PathLike,
             (images / name).unlink(missing_ok=True)
         model_dir = colmap / "sparse" / "0"
         model_dir.mkdir(parents=True)
+        reconstruction.write(str(model_dir))
+        rotation = upright_model(read_model(model_dir))[1]  # the new frame is arbitrary: stand it upright
+        reconstruction.transform(pycolmap.Sim3d(np.hstack([rotation, np.zeros((3, 1))])))
         reconstruction.write(str(model_dir))
         shutil.rmtree(colmap / "models", ignore_errors=True)
         shutil.rmtree(colmap / "before_opencv", ignore_errors=True)
