@@ -379,11 +379,13 @@ def test_outputs_that_would_touch_the_input_are_refused(rendered, tmp_path):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert_one_error_line(run("poses", folder, "-o", tmp_path / "full"), "not empty")
     assert_one_error_line(run("poses", folder, "-o", tmp_path / "x", "--matcher", "fast"), "--matcher")
+    assert_one_error_line(run("poses", folder, "-o", tmp_path / "x", "--threads", "0"), "--threads")
+    assert_one_error_line(run("poses", folder, "-o", tmp_path / "x", "--known-poses", "--threads", "0"), "--threads")
 
 
 def test_poses_command_prints_the_scene_folder(rendered, tmp_path):
     folder, _ = rendered
-    result = run("poses", folder, "-o", tmp_path / "scene", "--json", "-q")
+    result = run("poses", folder, "-o", tmp_path / "scene", "--json", "-q", "--threads", "1")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["scene"] == str(tmp_path / "scene") and summary["images"] == N_VIEWS

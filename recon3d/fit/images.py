@@ -190,7 +190,7 @@ class ImagesMethod(Method):
 
             info(f"{scene.source}: no masks and no sparse points: triangulating points of the {len(scene)} "
                  "images from their poses (pycolmap, CPU; --no-triangulate skips this)")
-            scene.sparse = triangulated_points(path, scene, seed=options.seed)
+            scene.sparse = triangulated_points(path, scene, seed=options.seed, threads=torch.get_num_threads())
         return scene.to(device)
 
     def check_resume(self, checkpoint: dict, data: Scene, output: Path, path: Path) -> None:

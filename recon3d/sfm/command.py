@@ -34,6 +34,8 @@ def poses_command(
                                      help="INPUT is a scene with poses: keep them and triangulate its points "
                                           "(the train split) for depth supervision."),
     seed: int = typer.Option(0, "--seed", help="COLMAP's random seed."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N",
+                                          help="COLMAP's CPU threads \\[default: every core]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the results on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks for errors."),
@@ -42,24 +44,26 @@ def poses_command(
     from recon3d.cli import _command
 
     _command(_poses)(source=source, output=output, frames=frames, matcher=matcher, camera=camera,
-                     downscale=downscale, known_poses=known_poses, seed=seed, as_json=as_json, quiet=quiet,
-                     verbose=verbose)
+                     downscale=downscale, known_poses=known_poses, seed=seed, threads=threads, as_json=as_json,
+                     quiet=quiet, verbose=verbose)
 
 
 def _poses(source: Path, output: Path, frames: int | None, matcher: str, camera: str, downscale: int,
-           known_poses: bool, seed: int, as_json: bool, quiet: bool, verbose: bool) -> None:
+           known_poses: bool, seed: int, threads: int | None, as_json: bool, quiet: bool, verbose: bool) -> None:
     from recon3d.cli import _emit
     from recon3d.errors import Recon3dError
-    from recon3d.sfm.poses import PosesOptions, estimate_poses, triangulate_scene
+    from recon3d.sfm.poses import PosesOptions, check_options, estimate_poses, triangulate_scene
 
     summary: dict[str, Any]
     if known_poses:
         if frames is not None or camera != "auto" or downscale != 1:
             raise Recon3dError("--known-poses keeps the scene's images and cameras: --frames, --camera and "
                                "--downscale do not apply")
-        summary = triangulate_scene(source, output, matcher=matcher, show_progress=not quiet, seed=seed)
+        check_options(PosesOptions(threads=threads))
+        summary = triangulate_scene(source, output, matcher=matcher, show_progress=not quiet, seed=seed,
+                                    threads=threads)
     else:
         options = PosesOptions(frames=frames, matcher=matcher, camera=camera, downscale=downscale, seed=seed,
-                               show_progress=not quiet)
+                               show_progress=not quiet, threads=threads)
         summary = estimate_poses(source, output, options)
     _emit(summary, as_json, str(output), written=str(output))

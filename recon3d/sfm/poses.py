@@ -98,6 +98,7 @@ class PosesOptions:
     ``sequential`` (name order, with loop closure). camera: ``auto`` (a video, or photos of one size and
     one EXIF camera and focal length: ``shared``), ``shared`` or ``per-image``. downscale: shrink photos or
     frames by this integer before SfM (the scene holds the shrunk images). seed: COLMAP's random seed.
+    threads: COLMAP's CPU threads (None: every core, COLMAP's default).
     """
 
     frames: int | None = None
@@ -106,10 +107,19 @@ class PosesOptions:
     downscale: int = 1
     seed: int = 0
     show_progress: bool = True
+    threads: int | None = None
+
+
+def colmap_threads(threads: int | None) -> int:
+    """COLMAP's ``num_threads``: the count asked for, or -1 (every core) for None."""
+    return -1 if threads is None else int(threads)
 
 
 def check_options(options: PosesOptions) -> PosesOptions:
     """One clear error per bad option, named as the user typed it."""
+    threads = options.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise Recon3dError(f"--threads must be an integer between 1 and 1024, got {threads}")
     if options.frames is not None and not (isinstance(options.frames, int) and options.frames >= MIN_REGISTERED):
         raise Recon3dError(f"--frames must be an integer of at least {MIN_REGISTERED}, got {options.frames!r}")
     if options.matcher not in MATCHERS:
@@ -227,11 +237,13 @@ def estimate_poses(source: str | os.PathLike, output: str | os.PathLike,
         with steps.colmap_quiet(pycolmap):
             clock = time.perf_counter()
             with progress.step(f"features of {len(names)} images", len(names)) as advance:
-                steps.extract(pycolmap, database, images, names, shared, MAPPING_MODEL, advance=advance)
+                steps.extract(pycolmap, database, images, names, shared, MAPPING_MODEL, advance=advance,
+                              threads=colmap_threads(options.threads))
             seconds["features"] = time.perf_counter() - clock
             clock = time.perf_counter()
             with progress.step(f"matching ({'sequential' if sequential else 'exhaustive'})", 0):
-                steps.match(pycolmap, database, names, sequential, colmap, options.seed)
+                steps.match(pycolmap, database, names, sequential, colmap, options.seed,
+                            threads=colmap_threads(options.threads))
             seconds["matching"] = time.perf_counter() - clock
             clock = time.perf_counter()
             with progress.step("mapping", len(names)) as advance:
@@ -241,7 +253,8 @@ def estimate_poses(source: str | os.PathLike, output: str | os.PathLike,
                     registered[0] += 1
                     advance(min(registered[0], len(names)), len(names))
 
-                reconstruction = steps.map_images(pycolmap, database, images, colmap, options.seed, next_image)
+                reconstruction = steps.map_images(pycolmap, database, images, colmap, options.seed, next_image,
+                                                  threads=colmap_threads(options.threads))
                 if reconstruction is not None:  # the initial pair registers without a callback
                     advance(reconstruction.num_reg_images(), len(names))
             posed = steps.registered_names(reconstruction) if reconstruction is not None else []
@@ -323,7 +336,8 @@ def _photos(source: Path, images: Path, options: PosesOptions,
 
 
 def triangulate_scene(scene: str | os.PathLike, output: str | os.PathLike, split: str = "train",
-                      matcher: str = "auto", show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
+                      matcher: str = "auto", show_progress: bool = True, seed: int = 0,
+                      threads: int | None = None) -> dict[str, Any]:
     """Sparse points of a scene whose poses are known (a Blender or nerfstudio scene, or a COLMAP project):
     SIFT features and matches of its ``split``'s images, then COLMAP's triangulation with the given poses
     and intrinsics held fixed. Writes ``sparse_points.npz`` with ``obs_frame`` indexing the split json's
@@ -374,13 +388,15 @@ def triangulate_scene(scene: str | os.PathLike, output: str | os.PathLike, split
             pycolmap.set_random_seed(int(seed))
             with progress.step(f"features of {len(names)} images", len(names)) as advance:
                 steps.extract(pycolmap, database, work / "images", names, shared, camera_model,
-                              camera_params=",".join(repr(v) for v in params[0]) if shared else "", advance=advance)
+                              camera_params=",".join(repr(v) for v in params[0]) if shared else "", advance=advance,
+                              threads=colmap_threads(threads))
             with progress.step(f"matching ({'sequential' if sequential else 'exhaustive'})", 0):
-                steps.match(pycolmap, database, names, sequential, work, seed, verify=False)
+                steps.match(pycolmap, database, names, sequential, work, seed, verify=False,
+                            threads=colmap_threads(threads))
                 steps.verify_with_poses(pycolmap, database, names, c2w_cv, params, camera_model)
             with progress.step("triangulating", 0):
                 reconstruction = steps.triangulate(pycolmap, database, work / "images", work, names, c2w_cv, params,
-                                                   camera_model)
+                                                   camera_model, threads=colmap_threads(threads))
         model_dir = work / "model"
         model_dir.mkdir()
         reconstruction.write(str(model_dir))
@@ -407,14 +423,16 @@ def triangulate_scene(scene: str | os.PathLike, output: str | os.PathLike, split
             "mean_reprojection_error": mean_error(sparse), "seconds": time.perf_counter() - started}
 
 
-def triangulated_points(path: str | os.PathLike, scene, seed: int = 0, show_progress: bool = True):
+def triangulated_points(path: str | os.PathLike, scene, seed: int = 0, show_progress: bool = True,
+                        threads: int | None = None):
     """Sparse points of ``scene`` (a Scene read from ``path`` without any; its poses known) by
     :func:`triangulate_scene` of its split in a temporary folder, in its images and (downscaled) pixels:
     a SparsePoints, or None with a warning when they cannot be had (no pycolmap, nothing triangulated)."""
     try:
         with tempfile.TemporaryDirectory(prefix="recon3d-points.") as tmp:
             file = Path(tmp) / SPARSE_NAME
-            summary = triangulate_scene(path, file, split=scene.split, show_progress=show_progress, seed=seed)
+            summary = triangulate_scene(path, file, split=scene.split, show_progress=show_progress, seed=seed,
+                                        threads=threads)
             sparse = load_sparse(file, int(summary["frames"]))
     except Recon3dError as exc:
         warn(f"{path}: no sparse points ({one_line(str(exc))})")
