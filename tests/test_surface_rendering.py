@@ -69,6 +69,19 @@ def test_alpha_compositing_by_hand():
     torch.testing.assert_close(packed.rgb, result.rgb)
 
 
+def test_binary_entropy_by_hand_and_its_pull():
+    """UNISURF's binary prior: entropy log 2 at o = 0.5, −(¾ ln ¾ + ¼ ln ¼) at o = ¾, 0 at saturated logits;
+    its gradient moves an occupancy away from 0.5, towards the side it is on."""
+    from recon3d.fit.losses import binary_entropy
+
+    logits = torch.tensor([0.0, math.log(3.0), 60.0, -60.0])
+    each = [binary_entropy(logits[i:i + 1]).item() for i in range(4)]
+    assert each == pytest.approx([math.log(2.0), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), 0.0, 0.0], abs=1e-6)
+    pulled = torch.tensor([1.5, -1.5], requires_grad=True)
+    binary_entropy(pulled).backward()
+    assert pulled.grad[0] < 0 < pulled.grad[1]  # descent raises a high logit and lowers a low one
+
+
 @pytest.mark.parametrize("inside", ["below", "above"])
 def test_secant_finds_the_first_crossing_of_analytic_fields(inside):
     """Rays towards two spheres in a row: the first crossing is the near sphere's entry, found to

@@ -91,6 +91,13 @@ def normal_smoothness(normals: Tensor, nearby: Tensor) -> Tensor:
     return (normals - nearby).norm(dim=-1).mean()
 
 
+def binary_entropy(logits: Tensor) -> Tensor:
+    """mean binary entropy of occupancies o = sigmoid(logits) (N,): 0 where o is 0 or 1, log 2 at 0.5.
+    Neural Volumes' prior towards opaque-or-empty (Lombardi et al. 2019), on each sample's occupancy."""
+    o = torch.sigmoid(logits)
+    return (o * torch.nn.functional.softplus(-logits) + (1 - o) * torch.nn.functional.softplus(logits)).mean()
+
+
 def depth_termination_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
                            depth: Tensor, sigma: Tensor, n_rays: int) -> Tensor:
     """DS-NeRF's ray-termination loss (Deng et al. 2022) on packed samples: for each ray, the cross
