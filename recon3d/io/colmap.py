@@ -68,10 +68,9 @@ SPARSE_ARRAYS: dict[str, tuple[Any, tuple[int, ...]]] = {
     "obs_error": (np.float32, ()),
 }  # fmt: skip
 #: Percentiles of the points that bound the region of interest (robust to stray points), and the
-#: margin added on each side, as a fraction of the box's extent. Thin extremities hold few points
-#: (a cow's horns): a box that cuts them loses them, one a little too large only fits more space.
-ROI_PERCENTILES = (1.0, 99.0)
-ROI_MARGIN = 0.15
+#: margin added on each side, as a fraction of the box's extent.
+ROI_PERCENTILES = (2.0, 98.0)
+ROI_MARGIN = 0.1
 #: Points nearer the cameras' focus than this fraction of the view's half-width there count as the object.
 ROI_FOCUS_RADIUS = 1.0
 #: Fewer points than this give no region of interest (the scene reader's default box then applies).
@@ -783,7 +782,7 @@ def region_of_interest(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarr
 
     Object-centric captures (the cameras share a focus, :func:`focus_point`): the points within the view's
     half-width of the focus (at the median camera distance) are the object; otherwise every point. The box
-    spans their 1st to 99th percentiles on each axis (stray points do not stretch it), widened by 15 % of its
+    spans their 2nd to 98th percentiles on each axis (stray points do not stretch it), widened by 10 % of its
     extent on each side.
     """
     points = np.asarray(points, np.float64)
@@ -806,7 +805,7 @@ def object_points(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -
 
 
 def points_box(points: np.ndarray) -> np.ndarray:
-    """(2, 3) the ROI_PERCENTILES of points (P, 3) on each axis, widened by ROI_MARGIN of the extent."""
+    """(2, 3) the 2nd to 98th percentiles of points (P, 3) on each axis, widened by 10 % of the extent."""
     lo, hi = np.percentile(points, ROI_PERCENTILES, axis=0)
     extent = np.maximum(hi - lo, 1e-6 * max(1.0, float(np.abs(points).max())))
     margin = ROI_MARGIN * extent
