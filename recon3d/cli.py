@@ -1290,7 +1290,13 @@ app.command("poses", epilog=_example("recon3d poses photos/ -o scene", "recon3d 
 def main() -> None:
     """Console-script entry point."""
     _reopen_closed_standard_streams()
-    app()
+    try:
+        app()
+    except SystemExit as exc:  # click ends every standalone run this way
+        distributed = sys.modules.get("recon3d.distributed")
+        if distributed is not None:  # a rank under torchrun ends here, past torch's teardown
+            distributed.exit_if_joined(exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1)
+        raise
 
 
 def _reopen_closed_standard_streams() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -24,6 +25,8 @@ from recon3d.errors import Recon3dError
 _control: Any = None
 #: Inside :func:`alone`: this process works by itself (its own input of many), whatever the group.
 _alone = False
+#: Whether this process joined a process group (then :func:`exit_if_joined` ends it).
+_joined = False
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,25 @@ def setup(backend: str | None = None, timeout_minutes: float = 30.0) -> Ranks:
     if backend == "nccl":
         torch.cuda.set_device(ranks.local_rank % max(torch.cuda.device_count(), 1))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-    global _control
+    global _control, _joined
+    _joined = True
     _control = dist.new_group(backend="gloo") if backend != "gloo" else None
     return ranks
+
+
+def exit_if_joined(code: int) -> None:
+    """End a process that joined a process group at once with exit ``code`` (stdio flushed): the interpreter's
+    and C++'s teardown are skipped, where torch's gloo backend now and then aborts a rank that has finished
+    and left its group ("terminate called without an active exception", exit -6 instead of 0). Nothing
+    happens in a process that never joined one."""
+    if not _joined:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def teardown(wait: bool = False) -> None:

@@ -31,3 +31,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    distributed.exit_if_joined(0)
