@@ -97,8 +97,8 @@ def exit_if_joined(code: int) -> None:
 
 def teardown(wait: bool = False) -> None:
     """Leave the process group (a no-op when none was joined). ``wait``: first wait until every rank is
-    leaving too — a rank that destroys its gloo group while another still works can abort at exit
-    ("terminate called without an active exception"); a failed barrier (a rank died) is not an error here."""
+    leaving too, so no rank tears its group down while another still uses or writes; a failed barrier (a
+    rank died) is not an error here."""
     global _control
     if dist.is_available() and dist.is_initialized():
         if wait and dist.get_world_size() > 1:
