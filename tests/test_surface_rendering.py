@@ -82,6 +82,21 @@ def test_binary_entropy_by_hand_and_its_pull():
     assert pulled.grad[0] < 0 < pulled.grad[1]  # descent raises a high logit and lowers a low one
 
 
+def test_unisurf_interval_samples_by_hand():
+    """A ray hitting at t = 2 in the span [1, 5] with Δ = 0.5: bin centres put 2 samples at 1.75 and 2.25 and
+    2 in front at 1.125 and 1.375; intervals run between midpoints, from 1 to 5. A ray that misses spreads its
+    inside samples over the whole span and collapses the others onto its entry."""
+    from recon3d.render.unisurf import bin_centres, interval_samples
+
+    t0, t1 = torch.tensor([1.0, 1.0]), torch.tensor([5.0, 5.0])
+    t, starts, ends = interval_samples(t0, t1, torch.tensor([2.0, 5.0]), torch.tensor([True, False]), 0.5,
+                                       bin_centres(2, 2, torch.device("cpu")), bin_centres(2, 2, torch.device("cpu")))
+    torch.testing.assert_close(t[0], torch.tensor([1.125, 1.375, 1.75, 2.25]))
+    torch.testing.assert_close(starts[0], torch.tensor([1.0, 1.25, 1.5625, 2.0]))
+    torch.testing.assert_close(ends[0], torch.tensor([1.25, 1.5625, 2.0, 5.0]))
+    torch.testing.assert_close(t[1], torch.tensor([1.0, 1.0, 2.0, 4.0]))
+
+
 @pytest.mark.parametrize("inside", ["below", "above"])
 def test_secant_finds_the_first_crossing_of_analytic_fields(inside):
     """Rays towards two spheres in a row: the first crossing is the near sphere's entry, found to

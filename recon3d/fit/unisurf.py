@@ -47,6 +47,7 @@ from recon3d.render.compositing import composite_alphas
 from recon3d.render.rays import ray_aabb
 from recon3d.render.samplers import OccupancyGrid
 from recon3d.render.surface import differentiable_hits, find_surface
+from recon3d.render.unisurf import interval_samples
 
 _GEOMETRY_MLP = {"hidden": 64, "n_layers": 1, "activation": "softplus", "softplus_beta": 100.0,
                  "init": "geometric", "init_radius": 0.5, "first_scale": -10.0}
@@ -182,16 +183,9 @@ class UnisurfStep(OccupancyStep):
         origins, directions, t0, t1, valid = field_rays(targets, self.data.to_world, self.bounds)
         t_surface, hit = self.surface(origins, directions, t0, t1)
         n_in, n_out = int(self.sampling["inside"]), int(self.sampling["outside"])
-        delta = self.delta()
-        lo = torch.where(hit, (t_surface - delta).clamp_min(t0), t0)
-        hi = torch.where(hit, (t_surface + delta).clamp_max(t1), t1)
-        before = torch.where(hit, lo, t0)  # free space in front of the interval (empty without a hit)
-        t_in = lo[:, None] + (hi - lo)[:, None] * self.stratified(len(t0), n_in, gen)
-        t_out = t0[:, None] + (before - t0)[:, None] * self.stratified(len(t0), n_out, gen)
-        t = torch.sort(torch.cat([t_out, t_in], dim=1), dim=1).values[valid]  # (K, S) on rays meeting the box
-        halfway = 0.5 * (t[:, 1:] + t[:, :-1])
-        t_starts = torch.cat([t0[valid, None], halfway], dim=1)
-        t_ends = torch.cat([halfway, t1[valid, None]], dim=1)
+        inside, outside = self.stratified(len(t0), n_in, gen), self.stratified(len(t0), n_out, gen)
+        t, t_starts, t_ends = interval_samples(t0, t1, t_surface, hit, self.delta(), inside, outside)
+        t, t_starts, t_ends = t[valid], t_starts[valid], t_ends[valid]  # (K, S) on rays meeting the box
         points = origins[valid, None, :] + directions[valid, None, :] * t[..., None]
         logits, features, grad = self.field.geometry(points.reshape(-1, 3))
         dirs = directions[valid, None, :].expand_as(points).reshape(-1, 3)

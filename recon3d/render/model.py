@@ -145,6 +145,12 @@ def _surface_renderer(checkpoint: dict, kind: str, device: torch.device, source:
     field = field.to(device).eval()
     bounds = torch.as_tensor(checkpoint["bounds"], dtype=torch.float32)
     if kind == "surface":
+        config = checkpoint["train"]["config"]
+        sampling = config.get("sampling")
+        if config.get("render") == "unisurf" and isinstance(sampling, dict) and _unisurf_sampling(sampling):
+            from recon3d.render.unisurf import UnisurfRenderer
+
+            return UnisurfRenderer(field, checkpoint["to_world"], bounds, sampling)
         return SurfaceRenderer(field, checkpoint["to_world"], bounds)
     try:
         grid_config = mapping("train.config.grid", checkpoint["train"]["config"].get("grid"))
@@ -161,6 +167,15 @@ def _surface_renderer(checkpoint: dict, kind: str, device: torch.device, source:
     grid.load_state_dict(state)
     grid = grid.to(device)
     return SdfRenderer(field, grid, checkpoint["to_world"], grid.step_size, _region_plane(checkpoint, source))
+
+
+def _unisurf_sampling(sampling: dict) -> bool:
+    """Whether a checkpoint's UNISURF sampling settings are usable (small positive counts, a finite Δ);
+    a checkpoint without them is drawn by surface rendering."""
+    counts = [sampling.get(key) for key in ("coarse", "secant", "inside", "outside")]
+    delta = sampling.get("delta_min")
+    return (all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1024 for n in counts)
+            and isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0)
 
 
 def _region_plane(checkpoint: dict, source: str) -> list[float] | None:

@@ -78,16 +78,33 @@ class SurfaceRenderer:
         self.translation = torch.as_tensor(to_world["translation"], dtype=torch.float32)
         self.bounds = torch.as_tensor(bounds, dtype=torch.float32)
 
-    def render(self, rays, background: Tensor):
-        """(R,) rays → a :class:`recon3d.render.compositing.Composite` (depth in world units)."""
-        from recon3d.render.compositing import Composite
+    def field_rays(self, rays) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """World rays in field coordinates: origins and unit directions (R, 3), where they enter and leave
+        the box (R,) (both the entry for rays that miss it) and whether they meet it (R,)."""
         from recon3d.render.rays import ray_aabb
 
         device = rays.origins.device
         origins = (rays.origins.reshape(-1, 3).float() - self.translation.to(device)) / self.scale
         directions = torch.nn.functional.normalize(rays.directions.reshape(-1, 3).float(), dim=-1)
         t0, t1, box_hit = ray_aabb(origins, directions, self.bounds.to(device))
-        t0, t1 = t0.clamp_min(0.0), torch.where(box_hit, t1, t0)
+        t0 = t0.clamp_min(0.0)
+        return origins, directions, t0, torch.where(box_hit, t1, t0), box_hit
+
+    def background_of(self, origins: Tensor, directions: Tensor, background: Tensor) -> Tensor:
+        """(R, 3) what each ray shows beyond the box: the fit's background field, else ``background``."""
+        background = torch.as_tensor(background, device=origins.device, dtype=origins.dtype).expand_as(origins)
+        if self.field.background is None:
+            return background
+        from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
+
+        exit_ = box_exit(origins, directions, self.bounds.to(origins.device))
+        return render_background(self.field.background, origins, directions, exit_, BACKGROUND_SAMPLES, background)
+
+    def render(self, rays, background: Tensor):
+        """(R,) rays → a :class:`recon3d.render.compositing.Composite` (depth in world units)."""
+        from recon3d.render.compositing import Composite
+
+        origins, directions, t0, t1, _ = self.field_rays(rays)
         surface = self.field.surface()
         t, hit = find_surface(surface.function, origins, directions, t0, t1, level=surface.level,
                               inside=surface.inside, coarse=self.coarse)
@@ -97,13 +114,7 @@ class SurfaceRenderer:
             _, features, grad = self.field.geometry(points, create_graph=False)
             rgb[hit] = self.field.appearance(features, self.field.outward(grad), directions[hit])
         opacity = hit.float()
-        background = torch.as_tensor(background, device=device, dtype=rgb.dtype).expand_as(rgb)
-        if self.field.background is not None:
-            from recon3d.render.background import BACKGROUND_SAMPLES, box_exit, render_background
-
-            exit_ = box_exit(origins, directions, self.bounds.to(device))
-            background = render_background(self.field.background, origins, directions, exit_,
-                                           BACKGROUND_SAMPLES, background)
+        background = self.background_of(origins, directions, background)
         rgb = rgb * opacity[:, None] + background * (1.0 - opacity[:, None])
         depth = torch.where(hit, t * self.scale, torch.zeros_like(t))
         return Composite(rgb, opacity, depth, opacity)
