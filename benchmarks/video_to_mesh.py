@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -56,7 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.images_to_mesh import environment, run_cli, scene_orientation, write_record  # noqa: E402
+from benchmarks.images_to_mesh import _fmt, _sha256, environment, run_cli, scene_orientation, write_record  # noqa: E402
+from benchmarks.photos_to_mesh import angles, umeyama  # noqa: E402
 from recon3d import meshscene  # noqa: E402
 from recon3d.errors import Recon3dError  # noqa: E402
 from recon3d.metrics import evaluate, mesh_is_watertight, sample_surface  # noqa: E402
@@ -272,7 +272,7 @@ def capture_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What the synthesised video depends on (stored as WORK/capture/capture.json, to tell a stale one)."""
     source = args.data / "meshes" / f"{args.object}.obj"
     return {"version": SYNTH_VERSION, "render_version": meshscene.RENDER_VERSION, "object": args.object,
-            "object_sha256": hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None,
+            "object_sha256": _sha256(source) if source.is_file() else None,
             "object_size": args.object_size, "object_up": args.object_up, "video_frames": args.video_frames,
             "fps": args.fps, "width": args.width, "height": args.height, "fov_degrees": args.fov,
             "distance": args.distance, "sweep": args.sweep, "supersample": args.supersample, "crf": args.crf,
@@ -349,17 +349,6 @@ def synthesise(args: argparse.Namespace, folder: Path) -> tuple[Path, np.ndarray
 # ------------------------------------------------------------------------------------------ alignment
 
 
-def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """(s, R, t) minimising Σ|s R source + t - target|² over (N, 3) point sets (Umeyama 1991)."""
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    covariance = (target - mu_t).T @ (source - mu_s) / len(source)
-    u, d, vt = np.linalg.svd(covariance)
-    sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
-    rotation = u @ sign @ vt
-    scale = float(np.trace(np.diag(d) @ sign) / ((source - mu_s) ** 2).sum(1).mean())
-    return scale, rotation, mu_t - scale * rotation @ mu_s
-
-
 def registered_poses(scene: Path, frame_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(video frame index (N,), camera-to-world (N, 4, 4)) of the scene's registered images: ``frame_K.jpg`` is
     the K-th chosen frame (recon3d.sfm.frames.video_frames), ``frame_indices`` the chosen frames' indices."""
@@ -378,9 +367,7 @@ def pose_errors(estimated: np.ndarray, truth: np.ndarray) -> tuple[dict[str, flo
     centres = scale * estimated[:, :3, 3] @ rotation.T + shift
     extent = float(np.linalg.norm(truth[:, :3, 3].max(0) - truth[:, :3, 3].min(0)))
     residual = np.linalg.norm(centres - truth[:, :3, 3], axis=1)
-    aligned = np.einsum("ij,njk->nik", rotation, estimated[:, :3, :3])
-    cos = (np.einsum("nij,nij->n", aligned, truth[:, :3, :3]) - 1.0) / 2.0
-    degrees = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    degrees = angles(np.einsum("ij,njk->nik", rotation, estimated[:, :3, :3]), truth[:, :3, :3])
     return ({"centre_rms_pct": float(100.0 * np.sqrt((residual**2).mean()) / extent),
              "centre_max_pct": float(100.0 * residual.max() / extent), "path_extent_m": extent,
              "rotation_median_deg": float(np.median(degrees)), "rotation_max_deg": float(degrees.max()),
@@ -691,14 +678,6 @@ def _preview(mesh: TriMesh, path: Path, args: argparse.Namespace, label: str, **
         return None
     log(f"    {label}: {path}")
     return str(path)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return format(value, spec)
 
 
 def _pct(value: float | None) -> float | None:

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 
 from recon3d.errors import Recon3dError
+from recon3d.threads import MAX_THREADS, check_threads
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -87,9 +88,6 @@ def synchronize(device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------------------ threads
 
-#: ``--threads`` accepts 1 to this many.
-MAX_THREADS = 1024
-
 
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, Slurm, cgroup cpusets), capped by a
@@ -143,13 +141,6 @@ def default_threads() -> int:
     count = usable_cpus()
     cores = physical_cores()
     return max(1, min(count, cores) if cores else count)
-
-
-def check_threads(threads: object) -> int:
-    """``--threads``: an integer in [1, MAX_THREADS], or one clear error."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise Recon3dError(f"--threads must be an integer between 1 and {MAX_THREADS}, got {threads}")
-    return threads
 
 
 @contextlib.contextmanager

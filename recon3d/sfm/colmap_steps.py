@@ -71,8 +71,13 @@ def colmap_quiet(pycolmap: ModuleType) -> Iterator[None]:
         logging.minloglevel = before
 
 
+def _num_threads(threads: int | None) -> int:
+    """COLMAP's ``num_threads``: the count asked for, or -1 (every core) for None."""
+    return -1 if threads is None else int(threads)
+
+
 def extract(pycolmap: ModuleType, database: Path, images: Path, names: list[str], shared: bool, camera_model: str,
-            camera_params: str = "", advance: Advance | None = None, threads: int = -1) -> None:
+            camera_params: str = "", advance: Advance | None = None, threads: int | None = None) -> None:
     """SIFT features of ``names`` (in ``images``) into ``database``: one camera for all (``shared``) or one
     per image, of COLMAP model ``camera_model``; ``camera_params`` (COLMAP's comma-separated parameters)
     fixes the intrinsics, else they start from EXIF or 1.2 x the image size."""
@@ -82,7 +87,7 @@ def extract(pycolmap: ModuleType, database: Path, images: Path, names: list[str]
         reader.camera_params = camera_params
     options = pycolmap.FeatureExtractionOptions()
     options.max_image_size = SIFT_MAX_SIZE
-    options.num_threads = int(threads)
+    options.num_threads = _num_threads(threads)
     mode = pycolmap.CameraMode.SINGLE if shared else pycolmap.CameraMode.PER_IMAGE
     step = max(1, math.ceil(len(names) / EXTRACTION_PIECES))
     for start in range(0, len(names), step):
@@ -105,7 +110,7 @@ def loop_pairs(names: list[str], overlap: int = SEQUENTIAL_OVERLAP,
 
 
 def match(pycolmap: ModuleType, database: Path, names: list[str], sequential: bool, work: Path,
-          seed: int = 0, verify: bool = True, threads: int = -1) -> None:
+          seed: int = 0, verify: bool = True, threads: int | None = None) -> None:
     """Match features: every pair (exhaustive), or sequential in name order with loop closure pairs.
     Geometric verification's RANSAC gets ``seed`` (COLMAP's default draws a new one every run);
     ``verify=False`` stores the raw matches only (for :func:`verify_with_poses`)."""
@@ -114,7 +119,7 @@ def match(pycolmap: ModuleType, database: Path, names: list[str], sequential: bo
     verification.ransac.random_seed = int(seed)
     matching = pycolmap.FeatureMatchingOptions()
     matching.skip_geometric_verification = not verify
-    matching.num_threads = int(threads)
+    matching.num_threads = _num_threads(threads)
     if not sequential:
         pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
                                   device=device)
@@ -136,12 +141,12 @@ def match(pycolmap: ModuleType, database: Path, names: list[str], sequential: bo
 
 
 def map_images(pycolmap: ModuleType, database: Path, images: Path, work: Path, seed: int,
-               advance: Callable[[], None] | None = None, threads: int = -1):
+               advance: Callable[[], None] | None = None, threads: int | None = None):
     """Incremental mapping; the largest reconstruction (most registered images), or None when none could
     be started. ``advance()`` is called as each image is registered."""
     options = pycolmap.IncrementalPipelineOptions()
     options.min_model_size = 3
-    options.num_threads = int(threads)
+    options.num_threads = _num_threads(threads)
     options.random_seed = int(seed)
     options.mapper.random_seed = int(seed)
     options.triangulation.random_seed = int(seed)
@@ -281,7 +286,7 @@ def verify_with_poses(pycolmap: ModuleType, database: Path, names: list[str], c2
 
 
 def triangulate(pycolmap: ModuleType, database: Path, images: Path, work: Path, names: list[str],
-                c2w_cv: np.ndarray, params: list[list[float]], camera_model: str, threads: int = -1):
+                c2w_cv: np.ndarray, params: list[list[float]], camera_model: str, threads: int | None = None):
     """Points triangulated from known poses: a reconstruction holding every image of the database with its
     given camera-to-world ``c2w_cv`` (N, 4, 4) (OpenCV axes, in the order of ``names``) and intrinsics
     (``params``: the COLMAP ``camera_model`` parameters of each image), then COLMAP's point triangulator
@@ -309,5 +314,5 @@ def triangulate(pycolmap: ModuleType, database: Path, images: Path, work: Path, 
     output.mkdir(parents=True, exist_ok=True)
     options = pycolmap.IncrementalPipelineOptions()
     options.triangulation.ignore_two_view_tracks = False  # with few views most points are seen twice
-    options.num_threads = int(threads)
+    options.num_threads = _num_threads(threads)
     return pycolmap.triangulate_points(reconstruction, database, images, output, options=options)

@@ -72,6 +72,7 @@ from recon3d.sfm.transforms import (
     read_json,
     write_transforms,
 )
+from recon3d.threads import check_threads
 
 MATCHERS = ("auto", "exhaustive", "sequential")
 CAMERAS = ("auto", "shared", "per-image")
@@ -110,16 +111,10 @@ class PosesOptions:
     threads: int | None = None
 
 
-def colmap_threads(threads: int | None) -> int:
-    """COLMAP's ``num_threads``: the count asked for, or -1 (every core) for None."""
-    return -1 if threads is None else int(threads)
-
-
 def check_options(options: PosesOptions) -> PosesOptions:
     """One clear error per bad option, named as the user typed it."""
-    threads = options.threads
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
-        raise Recon3dError(f"--threads must be an integer between 1 and 1024, got {threads}")
+    if options.threads is not None:
+        check_threads(options.threads)
     if options.frames is not None and not (isinstance(options.frames, int) and options.frames >= MIN_REGISTERED):
         raise Recon3dError(f"--frames must be an integer of at least {MIN_REGISTERED}, got {options.frames!r}")
     if options.matcher not in MATCHERS:
@@ -238,12 +233,12 @@ def estimate_poses(source: str | os.PathLike, output: str | os.PathLike,
             clock = time.perf_counter()
             with progress.step(f"features of {len(names)} images", len(names)) as advance:
                 steps.extract(pycolmap, database, images, names, shared, MAPPING_MODEL, advance=advance,
-                              threads=colmap_threads(options.threads))
+                              threads=options.threads)
             seconds["features"] = time.perf_counter() - clock
             clock = time.perf_counter()
             with progress.step(f"matching ({'sequential' if sequential else 'exhaustive'})", 0):
                 steps.match(pycolmap, database, names, sequential, colmap, options.seed,
-                            threads=colmap_threads(options.threads))
+                            threads=options.threads)
             seconds["matching"] = time.perf_counter() - clock
             clock = time.perf_counter()
             with progress.step("mapping", len(names)) as advance:
@@ -254,7 +249,7 @@ def estimate_poses(source: str | os.PathLike, output: str | os.PathLike,
                     advance(min(registered[0], len(names)), len(names))
 
                 reconstruction = steps.map_images(pycolmap, database, images, colmap, options.seed, next_image,
-                                                  threads=colmap_threads(options.threads))
+                                                  threads=options.threads)
                 if reconstruction is not None:  # the initial pair registers without a callback
                     advance(reconstruction.num_reg_images(), len(names))
             posed = steps.registered_names(reconstruction) if reconstruction is not None else []
@@ -389,14 +384,14 @@ def triangulate_scene(scene: str | os.PathLike, output: str | os.PathLike, split
             with progress.step(f"features of {len(names)} images", len(names)) as advance:
                 steps.extract(pycolmap, database, work / "images", names, shared, camera_model,
                               camera_params=",".join(repr(v) for v in params[0]) if shared else "", advance=advance,
-                              threads=colmap_threads(threads))
+                              threads=threads)
             with progress.step(f"matching ({'sequential' if sequential else 'exhaustive'})", 0):
                 steps.match(pycolmap, database, names, sequential, work, seed, verify=False,
-                            threads=colmap_threads(threads))
+                            threads=threads)
                 steps.verify_with_poses(pycolmap, database, names, c2w_cv, params, camera_model)
             with progress.step("triangulating", 0):
                 reconstruction = steps.triangulate(pycolmap, database, work / "images", work, names, c2w_cv, params,
-                                                   camera_model, threads=colmap_threads(threads))
+                                                   camera_model, threads=threads)
         model_dir = work / "model"
         model_dir.mkdir()
         reconstruction.write(str(model_dir))
