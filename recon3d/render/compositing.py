@@ -93,11 +93,41 @@ def render_weights_packed(
     m = tau.shape[0]
     if m == 0:
         return tau * 0.0, torch.ones_like(tau), alphas
-    tau64 = tau.double()
-    exclusive = torch.cumsum(tau64, dim=0) - tau64
-    start = torch.searchsorted(ray_indices, ray_indices)  # each sample's ray's first sample (sorted input)
-    transmittance = torch.exp(-(exclusive - exclusive[start])).to(tau.dtype)
+    transmittance = torch.exp(-exclusive_sum_packed(ray_indices, tau))
     return transmittance * alphas, transmittance, alphas
+
+
+class _ExclusiveSumPacked(torch.autograd.Function):
+    """Per-ray exclusive prefix sums of packed values, with the gradient in closed form.
+
+    Autograd through ``exclusive[start]`` would scatter every sample's gradient into its ray's first
+    sample (CUDA's sort-based index_put backward, the slowest kernel of a training step); the gradient
+    of S_i = Σ_{start ≤ j < i} x_j is instead the per-ray exclusive suffix sum of the incoming one.
+    """
+
+    @staticmethod
+    def forward(ctx, ray_indices: Tensor, values: Tensor) -> Tensor:  # type: ignore[override]
+        first = torch.searchsorted(ray_indices, ray_indices)  # each sample's ray's first sample (sorted)
+        last = torch.searchsorted(ray_indices, ray_indices, right=True)  # one past its ray's last sample
+        ctx.save_for_backward(first, last)
+        v = values.double()
+        exclusive = torch.cumsum(v, dim=0) - v
+        return (exclusive - exclusive[first]).to(values.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        first, last = ctx.saved_tensors
+        g = grad.double()
+        suffix = torch.cumsum(g.flip(0), dim=0).flip(0)  # Σ_{i ≥ j} g_i over all samples
+        suffix = torch.cat([suffix, suffix.new_zeros(1)])
+        return None, (suffix[:-1] - g - suffix[last]).to(grad.dtype)
+
+
+def exclusive_sum_packed(ray_indices: Tensor, values: Tensor) -> Tensor:
+    """(M,) Σ of the values before each sample along its own ray (0 at a ray's first sample), for
+    packed samples sorted by ray; summed in float64, since float32 would lose the per-ray sums
+    against the running total of many rays."""
+    return _ExclusiveSumPacked.apply(ray_indices, values)
 
 
 def accumulate_packed(values: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
