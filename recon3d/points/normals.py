@@ -18,6 +18,8 @@ from scipy.sparse import coo_matrix, triu
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
+from recon3d.points.eigh3 import eigh3
+
 #: Neighbours of each point's plane fit (PCA normals) and local spacing.
 NEIGHBOURS = 16
 
@@ -49,7 +51,7 @@ def plane_fits(points: np.ndarray, neighbours: np.ndarray, device: torch.device 
     """The least-squares plane of each neighbourhood (n,k): centroids (n,3), unit normals (the
     least-variance axis, (n,3)) and the variance along it (n,), all float32.
 
-    Gathers and covariances in torch on ``device``, eigendecompositions on the CPU (faster than numpy).
+    Gathers, covariances and eigendecompositions in torch on ``device``.
     """
     pts = torch.as_tensor(np.asarray(points, dtype=np.float32), device=device)
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -67,12 +69,8 @@ def plane_fits(points: np.ndarray, neighbours: np.ndarray, device: torch.device 
 
 def principal_axes(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (n,3), ascending, and eigenvectors (n,3,3; columns) of the covariance of each
-    neighbourhood's centred points (n,k,3), both float64 on the CPU.
-
-    The 3×3 eigendecompositions run on the CPU: cuSOLVER's batched solver fails on 200k matrices.
-    """
-    cov = (centred.transpose(1, 2) @ centred).double().cpu() / centred.shape[1]
-    return torch.linalg.eigh(cov)
+    neighbourhood's centred points (n,k,3), both float64 on their device (closed form: eigh3)."""
+    return eigh3((centred.transpose(1, 2) @ centred).double() / centred.shape[1])
 
 
 #: Weight of the across-the-plane term of the orientation graph's edges (see orient_normals).
