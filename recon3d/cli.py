@@ -818,8 +818,9 @@ def extract_mesh_command(
                                help="Newton steps moving vertices onto the level along the gradient (0: off)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
     keep_unsupported: bool = typer.Option(False, "--keep-unsupported",
-                                          help="Keep closed pieces that no scan point is near (fit-sdf models drop "
-                                               "them by default)."),
+                                          help="Keep closed pieces no data supports (dropped by default: those no "
+                                               "scan point is near, and cavities sealed inside models fitted from "
+                                               "images)."),
     normals: MeshNormals = typer.Option("field", "--normals", help="Vertex normals: field (gradient), mesh, none."),
     marching: Marching = typer.Option("table", "--marching-cubes",
                                       help="table (all cells at once, on the device) or lewiner (scikit-image, CPU)."),
@@ -886,6 +887,10 @@ def _write_meshes(mesh: Any, stats: dict[str, Any], outputs: list[Path], fmt: st
         pieces = stats["dropped_unsupported"]
         info(f"dropped {pieces} closed piece{'s' if pieces > 1 else ''} with no scan points near "
              f"{'them' if pieces > 1 else 'it'} (--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
+    if stats.get("dropped_cavities"):
+        pieces = stats["dropped_cavities"]
+        info(f"dropped {pieces} cavit{'ies' if pieces > 1 else 'y'} sealed inside the solid, which no camera can see "
+             f"(--keep-unsupported keeps {'them' if pieces > 1 else 'it'})")
     if "faces_before_decimation" in stats:
         info(f"decimated {stats['faces_before_decimation']:,} → {stats['faces']:,} faces; "
              f"{'still watertight' if stats['watertight'] else 'no longer watertight'}")
@@ -963,7 +968,8 @@ def mesh_command(
                                              help="The format for -o - (stdout)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected piece."),
     keep_unsupported: bool = typer.Option(False, "--keep-unsupported",
-                                          help="Keep closed pieces no scan point is near (dropped by default)."),
+                                          help="Keep closed pieces no data supports (dropped by default: those no "
+                                               "scan point is near, and cavities sealed inside fits from images)."),
     mesh_normals: MeshNormals = typer.Option("field", "--mesh-normals",
                                              help="Vertex normals of the mesh: field (gradient), mesh, none."),
     keep_model: Optional[Path] = typer.Option(None, "--keep-model", metavar="MODEL.pt",

@@ -24,6 +24,7 @@ from recon3d.fields.gradient import autograd_gradient
 from recon3d.fields.surface import FieldFn, Surface
 from recon3d.memory import check_memory, format_bytes
 from recon3d.mesh import cubes, marching
+from recon3d.mesh.cavities import cavity_faces
 from recon3d.mesh.grid import Lattice, ProgressFn, Sampler, sample_dense, sample_sparse
 from recon3d.mesh.support import supported_faces
 from recon3d.mesh.weld import compact, weld
@@ -63,13 +64,15 @@ class ExtractOptions:
     ``refine`` Newton steps move each vertex along the field's gradient onto the level (at most half a
     cell in all), which sharpens fields that are far from linear across a cell, such as occupancy
     logits. ``marching_cubes``: ``"table"`` (all cells at once on the device, asymptotic decider on
-    faces) or ``"lewiner"`` (scikit-image, block by block on the CPU, then welded).
+    faces) or ``"lewiner"`` (scikit-image, block by block on the CPU, then welded). ``drop_cavities``
+    removes closed pieces that face inward, voids sealed inside the solid (see :mod:`recon3d.mesh.cavities`).
     """
 
     resolution: int | None = None
     method: str = "sparse"
     chunk: int = 2**18
     largest_component: bool = False
+    drop_cavities: bool = False
     normals: str = "field"
     refine: int = 0
     marching_cubes: str = "table"
@@ -107,6 +110,7 @@ class ExtractResult:
     lattice_queries: int = 0  # field evaluations on the lattice alone (what MISE saves against dense)
     dropped: int = 0  # closed pieces dropped for lack of data support
     value_range: tuple[float, float] | None = None  # lowest and highest field value sampled on the lattice
+    cavities: int = 0  # inward-facing closed pieces dropped (drop_cavities)
 
 
 def estimate_bytes(lattice: Lattice, options: ExtractOptions,
@@ -211,11 +215,15 @@ def _extract(surface: Surface, lattice: Lattice, options: ExtractOptions, device
         else:
             values, origins = sampled.values.cpu().numpy(), sampled.origins.cpu().numpy()
             verts, faces = weld(*marching.triangulate_blocks(values, origins, progress))
-    dropped = 0
+    dropped = cavities = 0
     with _timed(seconds, "cleanup"):
         if support is not None and len(faces):
             keep, dropped = supported_faces(lattice.to_field(verts), faces, support)
             if dropped:
+                verts, faces = compact(verts, faces[keep])
+        if options.drop_cavities and len(faces):
+            keep, cavities = cavity_faces(verts, faces)
+            if cavities:
                 verts, faces = compact(verts, faces[keep])
         if options.largest_component:
             verts, faces = marching.largest_component(verts, faces)
@@ -227,7 +235,8 @@ def _extract(surface: Surface, lattice: Lattice, options: ExtractOptions, device
         vertex_normals = _normals(options.normals, sampler, verts, vertices, faces, progress)
     seconds["total"] = time.perf_counter() - start
     mesh = TriMesh(vertices=vertices, faces=faces, vertex_normals=vertex_normals)
-    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries, dropped, value_range)
+    return ExtractResult(mesh, sampler.queries, lattice.cells, seconds, lattice_queries, dropped, value_range,
+                         cavities)
 
 
 @contextmanager

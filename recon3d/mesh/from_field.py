@@ -4,7 +4,7 @@ surface, the whole box). Nothing here switches on the kind of field."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,8 @@ TINY_EXTENT = 0.1
 class MeshOptions(ExtractOptions):
     """What extract-mesh was asked for: how to extract (see :class:`ExtractOptions`), at which level
     (None: the checkpoint's own; a probability τ for occupancy fields), whether to keep closed
-    pieces that no scan point is near (fit-sdf checkpoints drop them), and at most how many faces
+    pieces that no data supports (fit-sdf checkpoints of scans drop those no scan point is near, fits from
+    images the cavities no camera can see), and at most how many faces
     (``faces``: quadric decimation, recon3d.mesh.decimate; None keeps every face)."""
 
     level: float | None = None
@@ -82,6 +83,12 @@ def data_support(checkpoint: dict, surface: Surface, own_level: float,
             for key, value in support.items()}
 
 
+def seen_from_outside(checkpoint: dict) -> bool:
+    """Whether the field was fitted from images: then only surfaces some camera can reach are data, and
+    a cavity sealed inside the solid is dropped (recon3d.mesh.cavities)."""
+    return bool(checkpoint.get("train", {}).get("images"))
+
+
 def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.device,
                          progress=None, field: torch.nn.Module | None = None) -> tuple[TriMesh, dict]:
     """Extract the checkpoint's surface; vertices and normals in the input's units. ``field``: the
@@ -89,6 +96,8 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     wrong about the result (each also logged as a warning); an empty mesh is returned as it is (see
     :func:`empty_mesh_message`)."""
     options.validate()
+    if seen_from_outside(checkpoint) and not options.keep_unsupported:
+        options = replace(options, drop_cavities=True)
     field = load_field(checkpoint, device) if field is None else field
     surface = field.surface(options.level)
     support = data_support(checkpoint, surface, field.surface().level, options)
@@ -112,7 +121,7 @@ def mesh_from_checkpoint(checkpoint: dict, options: MeshOptions, device: torch.d
     stats = {"vertices": world.n_vertices, "faces": world.n_faces, "resolution": list(result.resolution),
              "level": surface.user_level, "value_range": value_range, "queries": int(result.queries),
              "lattice_queries": int(result.lattice_queries), "dropped_unsupported": int(result.dropped),
-             "seconds": result.seconds}
+             "dropped_cavities": int(result.cavities), "seconds": result.seconds}
     if lighter is not None:
         stats.update({"faces_before_decimation": lighter.faces_before, "watertight": lighter.watertight})
     stats["warnings"] = result_warnings(world, stats, checkpoint, surface, bounds, options, lighter)
