@@ -26,8 +26,7 @@ def cavity_faces(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, i
     v = np.asarray(vertices, dtype=np.float64)
     v0, v1, v2 = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
     volume = np.bincount(label, weights=np.einsum("ij,ij->i", v0, np.cross(v1, v2)), minlength=count) / 6.0
-    sizes = np.bincount(label, minlength=count)
-    cavity = (volume < 0) & (sizes > 0)
-    cavity[int(sizes.argmax())] = False
+    cavity = volume < 0  # a component without faces has volume 0
+    cavity[int(np.bincount(label, minlength=count).argmax())] = False
     keep[cavity[label]] = False
     return keep, int(np.count_nonzero(cavity))

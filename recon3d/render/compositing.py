@@ -108,15 +108,14 @@ class _ExclusiveSumPacked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ray_indices: Tensor, values: Tensor) -> Tensor:  # type: ignore[override]
         first = torch.searchsorted(ray_indices, ray_indices)  # each sample's ray's first sample (sorted)
-        last = torch.searchsorted(ray_indices, ray_indices, right=True)  # one past its ray's last sample
-        ctx.save_for_backward(first, last)
+        ctx.save_for_backward(torch.searchsorted(ray_indices, ray_indices, right=True))  # one past its last
         v = values.double()
         exclusive = torch.cumsum(v, dim=0) - v
         return (exclusive - exclusive[first]).to(values.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
-        first, last = ctx.saved_tensors
+        (last,) = ctx.saved_tensors
         g = grad.double()
         suffix = torch.cumsum(g.flip(0), dim=0).flip(0)  # Σ_{i ≥ j} g_i over all samples
         suffix = torch.cat([suffix, suffix.new_zeros(1)])
