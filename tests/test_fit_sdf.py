@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from recon3d.cli import app
 from recon3d.fields import build_field
 from recon3d.fit import run as run_module
+from recon3d.fit import sdf as sdf_module
 from recon3d.fit.sdf import ANNEAL_START_LEVELS, PRESETS, SDFOptions, active_levels, fit_sdf, make_step, prepare_scan
 from recon3d.io.checkpoint import load_checkpoint
 from recon3d.io.pointcloud import read_point_cloud, write_point_cloud
@@ -377,6 +378,26 @@ def test_same_seed_same_checkpoint_other_seed_differs(work, sphere_scan):
     assert state_dicts_equal(a["state_dict"], b["state_dict"])
     assert a["train"]["history"] == b["train"]["history"]
     assert not state_dicts_equal(a["state_dict"], c["state_dict"])
+
+
+def test_fixed_buffer_update_equals_the_plain_step(work, sphere_scan, monkeypatch):
+    """The update a CUDA graph replays (RECON3D_CUDA_GRAPHS=fixed runs it eagerly on the CPU) draws the same
+    numbers and makes the same optimiser steps as the plain step: identical weights and history, across
+    the phase change at half the steps (signs of estimated normals, sign claims)."""
+    cloud = read_point_cloud(sphere_scan)
+    calls = []
+    original = sdf_module.CapturedSdfStep.update
+    monkeypatch.setattr(sdf_module.CapturedSdfStep, "update",
+                        lambda self, *args: calls.append(1) or original(self, *args))
+    paths = {}
+    for mode in ("fixed", "0"):
+        monkeypatch.setenv("RECON3D_CUDA_GRAPHS", mode)
+        paths[mode] = work / f"update_{mode}.pt"
+        fit(cloud, paths[mode], steps=12, batch=256, seed=3, normals="estimate")
+    assert len(calls) == 12  # the fixed-buffer update ran, and only in the "fixed" run
+    fixed, plain = (load_checkpoint(paths[mode]) for mode in ("fixed", "0"))
+    assert state_dicts_equal(fixed["state_dict"], plain["state_dict"])
+    assert fixed["train"]["history"] == plain["train"]["history"]
 
 
 def _run_until_step(args: list[str], min_step: int, total: int, timeout: float = 300.0,

@@ -149,6 +149,8 @@ class HashGridEncoding(nn.Module):
         """The Triton module and this grid's level constants when the kernels serve ``x``, else None."""
         if os.environ.get(KERNEL_ENV, "triton") == "torch" or torch.are_deterministic_algorithms_enabled():
             return None  # the kernels accumulate gradients with atomics: not bitwise reproducible
+        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            return None  # on the CPU Triton is not even imported (a third of a second)
         try:
             from recon3d.fields import hashgrid_triton
         except ImportError:  # pragma: no cover - Triton present but broken

@@ -10,6 +10,7 @@ learning rate a device tensor that the loop fills each step (recon3d.fit.loop.se
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Callable, Hashable
 
@@ -24,6 +25,16 @@ MAX_GRAPHS = 6
 def can_capture(device: torch.device) -> bool:
     """CUDA graphs need a CUDA device (and a torch built with them)."""
     return device.type == "cuda" and hasattr(torch.cuda, "CUDAGraph")
+
+
+def fixed_step_mode(device: torch.device) -> str | None:
+    """How the fixed-shape steps (fit-nerf on a grid, fit-sdf on points) run, from ``RECON3D_CUDA_GRAPHS``:
+    ``"capture"`` on a CUDA device (unset or 1), None (0: the eager step), ``"eager"`` (``fixed``: the
+    fixed-shape step without capturing it, on any device, for tests and debugging)."""
+    value = os.environ.get("RECON3D_CUDA_GRAPHS", "1").strip().lower()
+    if value == "fixed":
+        return "eager"
+    return "capture" if value != "0" and can_capture(device) else None
 
 
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:

@@ -206,7 +206,8 @@ class RadianceFromImages(Method):
         return {"scale": 1.0, "translation": [0.0, 0.0, 0.0]}, np.asarray(run.field.config["aabb"], dtype=np.float64)
 
     def make_step(self, run: FitRun) -> StepFn:
-        from recon3d.fit.nerf_captured import CapturedNerfStep, fixed_step_mode
+        from recon3d.fit.captured import fixed_step_mode
+        from recon3d.fit.nerf_captured import CapturedNerfStep
 
         config, scene, device = run.config, run.data, run.device
         grid = make_grid(config, device)

@@ -11,13 +11,12 @@ run's generator. The first steps, while the occupancy grid is still warming up, 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from recon3d.console import info
 from recon3d.fit import losses
-from recon3d.fit.captured import CapturedUpdates, can_capture, detached
+from recon3d.fit.captured import CapturedUpdates, detached
 from recon3d.fit.nerf import NerfStep
 from recon3d.fit.rays_per_step import adapt_rays
 from recon3d.render.compositing import composite_packed
@@ -29,16 +28,6 @@ EAGER_STEPS = 64
 CAPACITY_MARGIN = 1.1
 #: Ray counts are rounded to powers of 2^(1/RAY_SIZES_PER_OCTAVE), multiples of 64, one graph each.
 RAY_SIZES_PER_OCTAVE = 8
-
-
-def fixed_step_mode(device: torch.device) -> str | None:
-    """How fit-nerf's grid-sampled steps run, from ``RECON3D_CUDA_GRAPHS``: ``"capture"`` on a CUDA device
-    (unset or 1), None (0: the eager, variable-shape step), ``"eager"`` (``fixed``: the fixed-shape step
-    without capturing it, on any device, for tests and debugging)."""
-    value = os.environ.get("RECON3D_CUDA_GRAPHS", "1").strip().lower()
-    if value == "fixed":
-        return "eager"
-    return "capture" if value != "0" and can_capture(device) else None
 
 
 def rounded_rays(n_rays: int) -> int:

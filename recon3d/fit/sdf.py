@@ -35,6 +35,7 @@ from recon3d.errors import Recon3dError
 from recon3d.fields.encodings import HASHGRID, hashgrid_config
 from recon3d.fields.implicit import gradient
 from recon3d.fit import losses
+from recon3d.fit.captured import CapturedUpdates, detached, fixed_step_mode
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import check_choice, choose_preset, make_batch, make_settings, pick
@@ -230,36 +231,60 @@ def active_levels(step_index: int, total_steps: int, anneal: float, n_levels: in
     return start + int((n_levels - start + 1) * step_index / span)
 
 
-def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,
-              total_steps: int, anneal: float = 0.0) -> StepFn:
-    """The per-step loss: B scan points, B samples near them (IGR's local σ), B/4 uniform in [-1, 1]³."""
-    n = scan.points.shape[0]
-    grid = field.encoding if hasattr(field.encoding, "set_active_levels") else None
-    trust_signs_until = total_steps if scan.origin == "file" else int(ORIENTED_FRACTION * total_steps)
-    normal_weight = weights.get("normal_file", weights["normal"]) if scan.origin == "file" else weights["normal"]
-    claims_until = int(CLAIM_FRACTION * total_steps)
-    n_uniform = max(batch // 4, 1)
-    device = scan.points.device
+class SdfStep:
+    """IGR's loss on one batch: B scan points, B samples near them (IGR's local σ), B/4 uniform in [-1, 1]³.
 
-    def step(step_index: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        if grid is not None and anneal > 0:
-            grid.set_active_levels(active_levels(step_index, total_steps, anneal, grid.n_levels))
-        idx = torch.randint(0, n, (batch,), device=device, generator=gen)
+    The random numbers are drawn first (:meth:`draw`) and the loss reads only them and the step's phase
+    (:meth:`forward`), so :class:`CapturedSdfStep` can replay the loss as a CUDA graph.
+    """
+
+    def __init__(self, field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,
+                 total_steps: int, anneal: float = 0.0) -> None:
+        self.field, self.scan, self.weights, self.batch = field, scan, weights, int(batch)
+        self.total_steps, self.anneal = int(total_steps), float(anneal)
+        self.grid = field.encoding if hasattr(field.encoding, "set_active_levels") else None
+        self.trust_signs_until = total_steps if scan.origin == "file" else int(ORIENTED_FRACTION * total_steps)
+        self.normal_weight = weights.get("normal_file", weights["normal"]) if scan.origin == "file" \
+            else weights["normal"]
+        self.claims_until = int(CLAIM_FRACTION * total_steps)
+        self.n_uniform = max(self.batch // 4, 1)
+        self.device = scan.points.device
+
+    def draw(self, generator: torch.Generator,
+             inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """This step's random numbers, written into ``inputs`` when given: scan point indices (B,), unit
+        normal noise (B, 3), uniform points (B/4, 3)."""
+        if inputs is None:
+            inputs = {"index": torch.empty(self.batch, dtype=torch.int64, device=self.device),
+                      "noise": torch.empty(self.batch, 3, device=self.device),
+                      "uniform": torch.empty(self.n_uniform, 3, device=self.device)}
+        inputs["index"].random_(0, self.scan.points.shape[0], generator=generator)
+        inputs["noise"].normal_(generator=generator)
+        inputs["uniform"].uniform_(-1.0, 1.0, generator=generator)
+        return inputs
+
+    def phase(self, step_index: int) -> tuple[bool, bool]:
+        """(normal signs trusted, sign claims active) at this step; also sets the active hash-grid levels."""
+        if self.grid is not None and self.anneal > 0:
+            self.grid.set_active_levels(active_levels(step_index, self.total_steps, self.anneal, self.grid.n_levels))
+        return step_index < self.trust_signs_until, step_index < self.claims_until
+
+    def forward(self, inputs: dict[str, torch.Tensor], oriented: bool, claimed: bool) -> dict[str, torch.Tensor]:
+        """The weighted loss and its terms; reads only ``inputs``, the scan and the field (no host sync)."""
+        scan, weights, batch, idx = self.scan, self.weights, self.batch, inputs["index"]
         surface = scan.points[idx]
-        near = surface + scan.sigma[idx, None] * torch.randn(surface.shape, device=device, generator=gen)
-        uniform = torch.rand((n_uniform, 3), device=device, generator=gen) * 2.0 - 1.0
-        x = torch.cat([surface, near, uniform])
-        values, grad = gradient(field, x)
+        near = surface + scan.sigma[idx, None] * inputs["noise"]
+        x = torch.cat([surface, near, inputs["uniform"]])
+        values, grad = gradient(self.field, x)
         values, grad = values.float(), grad.float()
         terms = {"surface": losses.surface_loss(values[:batch]), "eikonal": losses.eikonal_loss(grad[batch:])}
         loss = weights["surface"] * terms["surface"] + weights["eikonal"] * terms["eikonal"]
-        if scan.normals is not None and normal_weight > 0:
-            terms["normal"] = losses.normal_loss(grad[:batch], scan.normals[idx], step_index < trust_signs_until)
-            loss = loss + normal_weight * terms["normal"]
+        if scan.normals is not None and self.normal_weight > 0:
+            terms["normal"] = losses.normal_loss(grad[:batch], scan.normals[idx], oriented)
+            loss = loss + self.normal_weight * terms["normal"]
         if weights.get("far", 0.0) > 0:
             far, u = values[2 * batch:], x[2 * batch:]
-            claims = (sample_distance(scan.sign_claims, u, mode="nearest") if step_index < claims_until
-                      else torch.zeros_like(far))
+            claims = sample_distance(scan.sign_claims, u, mode="nearest") if claimed else torch.zeros_like(far)
             terms["far"] = losses.far_field_loss(far, sample_distance(scan.distance_grid, u), claims,
                                                  box_distance(scan.data_box, u), FAR_SLACK)
             loss = loss + weights["far"] * terms["far"]
@@ -269,7 +294,45 @@ def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float],
         terms["loss"] = loss
         return terms
 
-    return step
+    def __call__(self, step_index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        phase = self.phase(step_index)
+        return self.forward(self.draw(generator), *phase)
+
+
+class CapturedSdfStep(SdfStep):
+    """:class:`SdfStep` that runs its whole update (``update``) from fixed input buffers, replayed as one
+    CUDA graph per phase (recon3d.fit.captured): a fit-sdf step launches a few hundred small kernels, so
+    eagerly the host, not the GPU, sets its pace. ``capture=False`` runs the same update eagerly (tests)."""
+
+    def __init__(self, *args: Any, capture: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.capture = capture
+        self.inputs: dict[str, torch.Tensor] | None = None
+        self.captured: CapturedUpdates | None = None
+
+    def update(self, step_index: int, generator: torch.Generator,
+               optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One training step: forward, backward and ``optimizer.step()``."""
+        phase = self.phase(step_index)
+        self.inputs = inputs = self.draw(generator, self.inputs)
+        if self.capture:
+            if self.captured is None:
+                self.captured = CapturedUpdates(optimizer)
+            return dict(self.captured.run(phase, lambda: self.forward(inputs, *phase)))
+        terms = self.forward(inputs, *phase)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        return detached(terms)
+
+
+def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,
+              total_steps: int, anneal: float = 0.0, mode: str | None = None) -> SdfStep:
+    """The per-step loss; ``mode`` (recon3d.fit.captured.fixed_step_mode): "capture" replays it as a CUDA
+    graph, "eager" runs that fixed-buffer update without capturing, None the plain step."""
+    if mode is None:
+        return SdfStep(field, scan, weights, batch, total_steps, anneal)
+    return CapturedSdfStep(field, scan, weights, batch, total_steps, anneal, capture=mode == "capture")
 
 
 class SdfFromPoints(Method):
@@ -309,7 +372,7 @@ class SdfFromPoints(Method):
     def make_step(self, run: FitRun) -> StepFn:
         config = run.config
         return make_step(run.field, run.data, config["loss"], config["batch"], config["settings"].steps,
-                         config.get("anneal", 0.0))
+                         config.get("anneal", 0.0), fixed_step_mode(run.device))
 
     def finish(self, run: FitRun) -> None:
         encoding = run.field.encoding
