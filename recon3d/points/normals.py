@@ -82,13 +82,14 @@ PAIR_PARALLEL = 0.8
 
 
 def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray,
-                      sample: int = 200_000) -> float:
+                      sample: int = 200_000, device: torch.device | str | None = None) -> float:
     """Fraction of neighbouring points on one plane whose normals point to opposite sides.
 
     Consistently oriented normals almost never do (well under 1 %); normals of a double-sided triangle
     soup (ShapeNet models sampled as they are) or with random signs do half the time. Pairs across a
     thin part are left out: their edge leaves the tangent planes. 0 when no pair qualifies. Larger scans
-    are judged on the neighbourhoods of ``sample`` points drawn with a fixed seed.
+    are judged on the neighbourhoods of ``sample`` points drawn with a fixed seed. ``device``: where the
+    pairs are measured (default: the CPU).
     """
     n, k = neighbours.shape
     if k < 2:
@@ -96,31 +97,32 @@ def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.nd
     chosen = np.arange(n) if n <= sample else np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
     flipped = counted = 0
     for _, dot, off_i, off_j, length in _edge_chunks(points, normals, np.repeat(chosen, k - 1),
-                                                     neighbours[chosen, 1:].reshape(-1)):
-        pair = (length > 0) & (np.abs(dot) > PAIR_PARALLEL) & (off_i < PAIR_IN_PLANE) & (off_j < PAIR_IN_PLANE)
+                                                     neighbours[chosen, 1:].reshape(-1), device):
+        pair = (length > 0) & (dot.abs() > PAIR_PARALLEL) & (off_i < PAIR_IN_PLANE) & (off_j < PAIR_IN_PLANE)
         counted += int(pair.sum())
         flipped += int((pair & (dot < 0)).sum())
     return flipped / counted if counted else 0.0
 
 
 def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray,
-                   tangent_weight: float | None = None) -> np.ndarray:
+                   tangent_weight: float | None = None, device: torch.device | str | None = None) -> np.ndarray:
     """Consistently signed copy of ``normals`` by MST propagation over the neighbour graph.
 
     An edge costs 1 − |nᵢ·nⱼ| (Hoppe: parallel planes agree) plus ``tangent_weight`` × how much it
     leaves the tangent planes, (|nᵢ·e| + |nⱼ·e|)/2 for the unit edge e. Without the second term the two
     faces of a part thinner than the neighbourhood (an ear, a thin wall) look like one plane, and the
     tree crosses between them and gives both faces the same sign. ``tangent_weight`` None means
-    TANGENT_WEIGHT.
+    TANGENT_WEIGHT. ``device``: where the edge costs are computed (default: the CPU); the tree is
+    scipy's, on the CPU.
     """
     tangent_weight = TANGENT_WEIGHT if tangent_weight is None else tangent_weight
     n, k = neighbours.shape
     rows = np.repeat(np.arange(n), k - 1)
     cols = neighbours[:, 1:].reshape(-1)
     weights = np.empty(len(rows), dtype=np.float32)
-    for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, rows, cols):
+    for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, rows, cols, device):
         # + 1e-6: zero weights would vanish from the sparse graph
-        weights[part] = 1.0 - np.abs(dot) + tangent_weight * 0.5 * (off_i + off_j) + 1e-6
+        weights[part] = (1.0 - dot.abs() + tangent_weight * 0.5 * (off_i + off_j) + 1e-6).cpu().numpy()
     graph = coo_matrix((weights, (rows, cols)), shape=(n, n)).tocsr()
     # Symmetric (an edge listed from either end), then one triangle: the same undirected graph with
     # half the entries, so Kruskal sorts half as many (the same tree).
@@ -161,16 +163,19 @@ def _propagate(normals: np.ndarray, order: np.ndarray, parent: np.ndarray) -> No
 EDGE_CHUNK = 4_000_000
 
 
-def _edge_chunks(points: np.ndarray, normals: np.ndarray, rows: np.ndarray, cols: np.ndarray):
-    """For the edges rows[i] → cols[i], chunk by chunk: (slice, nᵢ·nⱼ, |nᵢ·e|, |nⱼ·e|, edge length),
-    e the unit edge (zero for a zero-length one): how parallel two planes are and how far the edge
-    leaves each of them."""
+def _edge_chunks(points: np.ndarray, normals: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                 device: torch.device | str | None = None):
+    """For the edges rows[i] → cols[i], chunk by chunk: (slice, nᵢ·nⱼ, |nᵢ·e|, |nⱼ·e|, edge length) as
+    float32 tensors on ``device``, e the unit edge (zero for a zero-length one): how parallel two planes
+    are and how far the edge leaves each of them."""
+    pts = torch.as_tensor(np.asarray(points, dtype=np.float32), device=device)
+    nrm = torch.as_tensor(np.asarray(normals, dtype=np.float32), device=pts.device)
     for start in range(0, len(rows), EDGE_CHUNK):
         part = slice(start, start + EDGE_CHUNK)
-        r, c = rows[part], cols[part]
-        ni, nj = normals[r], normals[c]
-        edge = points[c] - points[r]
-        length = np.linalg.norm(edge, axis=1)
-        edge /= np.maximum(length, 1e-12)[:, None]
-        yield (part, np.einsum("ij,ij->i", ni, nj), np.abs(np.einsum("ij,ij->i", ni, edge)),
-               np.abs(np.einsum("ij,ij->i", nj, edge)), length)
+        r = torch.as_tensor(rows[part], dtype=torch.int64, device=pts.device)
+        c = torch.as_tensor(cols[part], dtype=torch.int64, device=pts.device)
+        ni, nj = nrm[r], nrm[c]
+        edge = pts[c] - pts[r]
+        length = edge.norm(dim=1)
+        edge = edge / length.clamp_min(1e-12)[:, None]
+        yield part, (ni * nj).sum(1), (ni * edge).sum(1).abs(), (nj * edge).sum(1).abs(), length

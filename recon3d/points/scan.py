@@ -186,14 +186,14 @@ def choose_normals(cloud: PointCloud, points: np.ndarray, origin: str, device: t
     normals = None
     if origin == "file":
         normals = cloud.normals.astype(np.float32)
-        disagreement = sign_disagreement(points, normals, neighbours)
+        disagreement = sign_disagreement(points, normals, neighbours, device=device)
         if disagreement > SIGN_DISAGREEMENT:
             warn(f"{source}: the file's normals point to opposite sides between neighbours on one plane "
                  f"({disagreement:.0%} of them); estimating normals instead")
             origin, normals = "estimated", None
             unoriented = pca_normals(points, neighbours, device)
     if origin == "estimated":
-        normals = orient_normals(points, unoriented, neighbours)
+        normals = orient_normals(points, unoriented, neighbours, device=device)
     return normals, origin, spacing
 
 
