@@ -1,11 +1,19 @@
-"""The training loop's contract with step functions: budgets, and the progress it tells them."""
+"""The training loop's contract with step functions: budgets, and the progress it tells them; its optimiser;
+the method registry."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
 from recon3d.fit.images import levels_at
 from recon3d.fit.loop import Trainer, TrainSettings, learning_rate
+from recon3d.fit.registry import METHODS, SCENE_SUFFIX, get_method
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class RecordingStep:
@@ -42,3 +50,44 @@ def test_levels_follow_progress():
     assert [levels_at(p / 100, 0.2, 16) for p in range(0, 21, 5)] == [4, 7, 10, 13, 16]
     settings = TrainSettings(steps=100)
     assert learning_rate(settings, 99) < learning_rate(settings, 60)
+
+
+def test_adam_steps_like_torchs_without_importing_dynamo():
+    """recon3d's Adam makes torch's fused Adam updates (bitwise, through steps, zero_grad and a state round
+    trip) and a fit never imports torch._dynamo (1.2 s of start-up on this CPU)."""
+    code = (
+        "import sys, torch\n"
+        "from recon3d.fit.loop import TrainSettings, make_adam\n"
+        "ours = [torch.nn.Parameter(torch.randn(100, generator=torch.Generator().manual_seed(i))) for i in range(2)]\n"
+        "theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]\n"
+        "a = make_adam(ours, TrainSettings(steps=10, lr=0.1))\n"
+        "for i in range(6):\n"
+        "    for p in ours: p.grad = torch.sin(p.detach() * (i + 1))\n"
+        "    a.step(); a.zero_grad()\n"
+        "    if i == 2: a.load_state_dict(a.state_dict())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+        "b = torch.optim.Adam(theirs, lr=0.1, betas=(0.9, 0.99), eps=1e-15, fused=True)\n"
+        "for i in range(6):\n"
+        "    for p in theirs: p.grad = torch.sin(p.detach() * (i + 1))\n"
+        "    b.step(); b.zero_grad()\n"
+        "print(all(torch.equal(p, q) for p, q in zip(ours, theirs)), float((ours[0] - theirs[0]).abs().max()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["False", "True", "0.0"]
+
+
+def test_a_point_cloud_fit_does_not_import_the_image_methods(tmp_path):
+    """The registry picks fit-sdf's method for a .ply without importing the scene methods (and their
+    rendering and SciPy imports); every registered name is its command, or its command + "-images"."""
+    for name in METHODS:
+        method = get_method(name)
+        assert name in (method.command, method.command + SCENE_SUFFIX)
+        assert method.accepts(tmp_path / "x.ply") == (not name.endswith(SCENE_SUFFIX))
+    code = (
+        "import sys\n"
+        "from recon3d.fit.registry import method_for\n"
+        f"print(method_for('fit-sdf', {str(tmp_path / 'x.ply')!r}).name, 'recon3d.fit.images' in sys.modules)\n"
+        f"print(method_for('fit-sdf', {str(tmp_path)!r}).name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["fit-sdf", "False", "fit-sdf-images"]

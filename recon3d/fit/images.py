@@ -23,6 +23,7 @@ from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.nerf import training_targets
 from recon3d.fit.region import fitting_region, has_masks
 from recon3d.fit.sdf import ANNEAL_START_LEVELS
+from recon3d.io.input_kind import looks_like_scene
 from recon3d.io.scene import Scene, read_scene, scene_files
 from recon3d.render.rays import RayBatch, RaySampler
 from recon3d.render.samplers import OccupancyGrid
@@ -56,11 +57,6 @@ class ImageData:
     hull: torch.Tensor | None  # (R, R, R) bool over the scene's box: may hold the object (None: no hull)
     masks: bool  # the images' alpha is a mask (not 1 everywhere)
     plane: np.ndarray | None = None  # (4,) n, c: the region is n·u ≥ c (field coordinates), or None
-
-
-def looks_like_scene(path: Path) -> bool:
-    """A scene is a folder or a transforms json; anything else is a point cloud or a mesh."""
-    return Path(path).is_dir() or Path(path).suffix.lower() == ".json"
 
 
 def normalisation(box: torch.Tensor) -> tuple[dict, np.ndarray]:

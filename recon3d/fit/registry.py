@@ -9,6 +9,7 @@ from pathlib import Path
 
 from recon3d.errors import Recon3dError
 from recon3d.fit.method import Method
+from recon3d.io.input_kind import looks_like_scene
 
 #: Every fitting method: its name (stored in checkpoints as ``train["method"]``) → ``module:class``.
 #: A command runs the first of its methods that accepts the input (scenes first, then 3D input).
@@ -19,6 +20,9 @@ METHODS: dict[str, str] = {
     "fit-occupancy": "recon3d.fit.occupancy:OccupancyFromShape",
     "fit-nerf": "recon3d.fit.nerf:RadianceFromImages",
 }
+#: Each command's methods, from the names: ``fit-sdf-images`` is ``fit-sdf`` on a scene of posed images
+#: (tried only when the input looks like one, so a point cloud does not import the image methods).
+SCENE_SUFFIX = "-images"
 
 
 @cache
@@ -32,12 +36,16 @@ def get_method(name: str) -> Method:
 
 def method_for(command: str, path: Path) -> Method:
     """The method of ``command`` (``fit-sdf``, …) that reads ``path``: the input decides."""
-    candidates = [get_method(name) for name in METHODS if get_method(name).command == command]
-    for method in candidates:
+    names = [name for name in METHODS if name == command or name == command + SCENE_SUFFIX]
+    if not names:
+        raise Recon3dError(f"unknown command {command!r}")
+    scene = looks_like_scene(path)
+    for name in names:
+        if name.endswith(SCENE_SUFFIX) and not scene:
+            continue
+        method = get_method(name)
         if method.accepts(Path(path)):
             return method
-    if not candidates:
-        raise Recon3dError(f"unknown command {command!r}")
     raise Recon3dError(f"{path}: {command} cannot fit this kind of input")
 
 

@@ -20,10 +20,15 @@ POINTS_ONLY = (".pcd", ".xyz", ".pts", ".txt")
 SCAN_BYTES = 1 << 30
 
 
+def looks_like_scene(path: str | Path) -> bool:
+    """A scene is a folder or a transforms json; anything else is a point cloud or a mesh."""
+    return Path(path).is_dir() or Path(path).suffix.lower() == ".json"
+
+
 def input_kind(path: str | Path) -> InputKind:
     """The kind of input ``path`` is, or one clear error for a suffix no fit reads."""
     path = Path(path)
-    if path.is_dir() or path.suffix.lower() == ".json":
+    if looks_like_scene(path):
         return "scene"
     suffix = path.suffix.lower()
     if suffix in MESH_ONLY:
