@@ -24,8 +24,11 @@ def scan_support(points: np.ndarray, spacing: np.ndarray) -> dict[str, np.ndarra
     points = np.asarray(points, dtype=np.float32)
     spacing = np.asarray(spacing, dtype=np.float32)
     voxel = max(0.5 * float(np.median(spacing)), MIN_VOXEL)
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    cells = np.floor(points / voxel).astype(np.int64)
+    cells -= cells.min(axis=0) if len(cells) else 0
+    size = cells.max(axis=0) + 1 if len(cells) else np.ones(3, dtype=np.int64)
+    keys = (cells[:, 0] * size[1] + cells[:, 1]) * size[2] + cells[:, 2]  # row order: as np.unique(axis=0)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     radius = np.zeros(len(first), dtype=np.float32)
     np.maximum.at(radius, inverse, RADIUS_FACTOR * np.maximum(spacing, 2.0 * voxel))
