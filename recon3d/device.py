@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from pathlib import Path
@@ -65,7 +66,15 @@ def map_in_chunks(fn: Callable[[int, int], T], n: int, chunk: int, device: torch
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """Map ``auto|cpu|cuda[:N]`` (or a torch.device) to a torch device, with a clear error when CUDA is absent."""
+    """Map ``auto|cpu|cuda[:N]`` (or a torch.device) to a torch device, with a clear error when CUDA is absent.
+    On a GPU, Triton's cache key is started in the background (recon3d.fields.hashgrid_triton)."""
+    device = _resolve(name)
+    if device.type == "cuda":
+        _start_kernel_key()
+    return device
+
+
+def _resolve(name: str | torch.device | None) -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     name = (name or "auto").strip().lower()
@@ -78,6 +87,19 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise Recon3dError(f"--device {name}: unknown device (choose auto, cpu or cuda)")
+
+
+@functools.cache
+def _start_kernel_key() -> None:
+    """Once per process, unless the torch encoding is asked for: the hash grid's kernels will run."""
+    if os.environ.get("RECON3D_HASHGRID_KERNEL", "triton") == "torch":
+        return
+    try:
+        from recon3d.fields import hashgrid_triton
+    except ImportError:  # pragma: no cover - Triton present but broken
+        return
+    if hashgrid_triton.triton is not None:
+        hashgrid_triton.key_in_background()
 
 
 def synchronize(device: torch.device) -> None:

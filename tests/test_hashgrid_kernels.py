@@ -53,3 +53,22 @@ def test_kernels_compile_for_hopper():
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(compiled) == 7 and all(line.endswith(" B") for line in compiled), compiled
+
+
+def test_the_cache_key_is_computed_in_the_background():
+    """key_in_background leaves Triton's cache key computed (and cached) by a thread, so the first launch
+    in the main thread finds it; a CPU device starts nothing."""
+    code = (
+        "import threading\n"
+        "from triton.runtime.cache import triton_key\n"
+        "from recon3d.device import resolve_device\n"
+        "resolve_device('cpu')\n"
+        "print(triton_key.cache_info().currsize, [t.name for t in threading.enumerate() if t.name == 'triton-key'])\n"
+        "from recon3d.fields import hashgrid_triton\n"
+        "hashgrid_triton.key_in_background()\n"
+        "[t.join() for t in threading.enumerate() if t.name == 'triton-key']\n"
+        "print(triton_key.cache_info().currsize)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["0", "[]", "1"]
