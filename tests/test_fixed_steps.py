@@ -12,7 +12,7 @@ import torch
 
 from recon3d.fields.encodings import HASHGRID
 from recon3d.fit import nerf, nerf_captured
-from recon3d.fit.captured import make_capturable
+from recon3d.fit.captured import CapturedUpdates, make_capturable
 from recon3d.fit.loop import TrainSettings, make_adam, set_learning_rate
 from recon3d.fit.nerf import NerfOptions, fit_nerf
 from recon3d.io.checkpoint import load_checkpoint
@@ -157,3 +157,36 @@ def test_a_capturable_optimiser_takes_its_rate_from_a_tensor() -> None:
     weight.grad = torch.ones(3)
     optimizer.step()
     assert torch.allclose(weight.detach(), torch.full((3,), 0.75), atol=1e-4)  # Adam's first step: lr · sign
+
+
+def test_no_capture_before_the_optimiser_has_its_state(monkeypatch) -> None:
+    """Adam creates its moments on its first step; created inside a CUDA graph capture they would be zeroed
+    by every replay (each step an Adam first step). CapturedUpdates runs steps eagerly until the optimiser
+    has stepped, then captures: the first run is a real eager step and nothing is captured for it."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = make_adam([weight], TrainSettings(steps=1, lr=0.1))
+    captured = CapturedUpdates(optimizer)
+    captures = []
+
+    def fake_capture(forward):
+        assert len(optimizer.state[weight]) > 0, "capturing before Adam has its state"
+        captures.append(1)
+        return _ReplayEagerly(captured, forward), {}
+
+    monkeypatch.setattr(captured, "_capture", fake_capture)
+    forward = lambda: {"loss": (weight ** 2).sum()}  # noqa: E731
+    first = captured.run("key", forward)
+    assert not captures and torch.allclose(weight.detach(), torch.full((3,), 0.9), atol=1e-4)
+    assert float(first["loss"]) == 3.0 and not first["loss"].requires_grad
+    captured.run("key", forward)
+    assert captures == [1]
+
+
+class _ReplayEagerly:
+    """Stands in for a CUDA graph on the CPU: ``replay`` runs the step."""
+
+    def __init__(self, captured: CapturedUpdates, forward) -> None:
+        self.captured, self.forward = captured, forward
+
+    def replay(self) -> None:
+        self.captured.eager(self.forward)

@@ -62,7 +62,11 @@ class CapturedUpdates:
         make_capturable(optimizer)
 
     def run(self, key: Hashable, forward: Callable[[], Terms]) -> Terms:
-        """One training step: replay the graph of ``key``, capturing it first if it is new."""
+        """One training step: replay the graph of ``key``, capturing it first if it is new. Until the
+        optimiser has its state, the step runs eagerly: Adam creates its moments on its first step, and
+        created inside a capture they would be zeroed again by every replay."""
+        if not self.optimizer_ready():
+            return self.eager(forward)
         if key not in self.graphs:
             self.graphs[key] = self._capture(forward)
             while len(self.graphs) > MAX_GRAPHS:
@@ -71,6 +75,18 @@ class CapturedUpdates:
         graph, terms = self.graphs[key]
         graph.replay()
         return terms
+
+    def optimizer_ready(self) -> bool:
+        """Whether the optimiser has stepped (and so holds its state for the parameters a step updates)."""
+        return any(len(state) > 0 for state in self.optimizer.state.values())
+
+    def eager(self, forward: Callable[[], Terms]) -> Terms:
+        """One uncaptured step: forward, backward, ``optimizer.step()``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = forward()
+        terms["loss"].backward()
+        self.optimizer.step()
+        return detached(terms)
 
     def _capture(self, forward: Callable[[], Terms]) -> tuple[torch.cuda.CUDAGraph, Terms]:
         """Warm up on a side stream (lazy initialisation must not happen during capture), then record.
