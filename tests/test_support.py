@@ -24,6 +24,7 @@ from recon3d.io.pointcloud import write_point_cloud
 from recon3d.mesh.from_field import MeshOptions, mesh_from_checkpoint
 from recon3d.mesh.support import component_labels, supported_faces
 from recon3d.metrics import mesh_is_watertight
+from recon3d.points import normals as normals_module
 from recon3d.points.denoise import (
     NOISE_THRESHOLD,
     noise_ratio,
@@ -436,3 +437,13 @@ def test_cli_outliers_option_and_checkpoint_record(tmp_path):
     assert train["config"]["outliers"] == "drop"
     shown = runner.invoke(app, ["info", str(tmp_path / "m.pt"), "--json"])
     assert shown.exit_code == 0 and '"outliers_dropped": 8' in shown.stdout
+
+
+def test_the_orientation_graph_is_sorted_where_it_fits(monkeypatch):
+    """The orientation graph's sort runs on the scan's GPU when it takes at most half of the free memory,
+    on the CPU otherwise (a 10M-point scan would need about 10 GB), and on the CPU for a CPU scan."""
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    for free, edges, expected in ((10**12, 10**6, gpu), (10**9, 10**8, cpu), (None, 10**8, gpu)):
+        monkeypatch.setattr(normals_module, "available_bytes", lambda device, free=free: free)
+        assert normals_module._graph_device(gpu, edges) == expected
+    assert normals_module._graph_device(cpu, 10) == cpu

@@ -18,6 +18,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
+from recon3d.memory import available_bytes
 from recon3d.points.eigh3 import eigh3
 
 #: Neighbours of each point's plane fit (PCA normals) and local spacing.
@@ -123,7 +124,7 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
     for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, rows, cols, device):
         # + 1e-6: zero weights would vanish from the sparse graph
         weights[part] = 1.0 - dot.abs() + tangent_weight * 0.5 * (off_i + off_j) + 1e-6
-    tree = minimum_spanning_tree(_upper_triangle(n, rows, cols, weights))
+    tree = minimum_spanning_tree(_upper_triangle(n, rows, cols, weights.to(_graph_device(weights.device, len(rows)))))
     tree = tree + tree.T
     n_parts, labels = connected_components(tree, directed=False)
     oriented = normals.copy()
@@ -139,6 +140,19 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
         if flux < 0:
             oriented[members] *= -1
     return oriented
+
+
+#: Peak bytes per edge of _upper_triangle on a GPU (int64 ends, their minimum and maximum, keys, sort buffers).
+GRAPH_EDGE_BYTES = 64
+
+
+def _graph_device(device: torch.device, edges: int) -> torch.device:
+    """``device`` when the graph's sort takes at most half of the memory it has free, else the CPU (a
+    10M-point scan's 150M edges need about 10 GB)."""
+    if device.type == "cpu":
+        return device
+    free = available_bytes(device)
+    return device if free is None or edges * GRAPH_EDGE_BYTES <= 0.5 * free else torch.device("cpu")
 
 
 def _upper_triangle(n: int, rows: np.ndarray, cols: np.ndarray, weights: torch.Tensor) -> csr_matrix:
