@@ -318,6 +318,8 @@ class CapturedSdfStep(SdfStep):
         if self.capture:
             if self.captured is None:
                 self.captured = CapturedUpdates(optimizer)
+            if phase not in self.captured.graphs:  # phases only move forward: free the last one's memory first
+                self.captured.graphs.clear()
             return dict(self.captured.run(phase, lambda: self.forward(inputs, *phase)))
         terms = self.forward(inputs, *phase)
         optimizer.zero_grad(set_to_none=True)
