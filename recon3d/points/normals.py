@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
 from recon3d.memory import available_bytes
 from recon3d.points.eigh3 import eigh3
+from recon3d.points.spanning import spanning_forest_signs
 
 #: Neighbours of each point's plane fit (PCA normals) and local spacing.
 NEIGHBOURS = 16
@@ -107,42 +106,41 @@ def sign_disagreement(points: np.ndarray, normals: np.ndarray, neighbours: np.nd
 
 def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarray,
                    tangent_weight: float | None = None, device: torch.device | str | None = None) -> np.ndarray:
-    """Consistently signed copy of ``normals`` by MST propagation over the neighbour graph.
+    """Consistently signed copy of ``normals`` by propagation along a minimum spanning tree of the
+    neighbour graph (Hoppe et al. 1992).
 
     An edge costs 1 − |nᵢ·nⱼ| (Hoppe: parallel planes agree) plus ``tangent_weight`` × how much it
     leaves the tangent planes, (|nᵢ·e| + |nⱼ·e|)/2 for the unit edge e. Without the second term the two
     faces of a part thinner than the neighbourhood (an ear, a thin wall) look like one plane, and the
     tree crosses between them and gives both faces the same sign. ``tangent_weight`` None means
-    TANGENT_WEIGHT. ``device``: where the edge costs are computed (default: the CPU); the tree is
-    scipy's, on the CPU.
+    TANGENT_WEIGHT. Each normal takes the sign of its tree path's flips (recon3d.points.spanning), in
+    torch on ``device`` (default: the CPU).
     """
     tangent_weight = TANGENT_WEIGHT if tangent_weight is None else tangent_weight
     n, k = neighbours.shape
     rows = np.repeat(np.arange(n), k - 1)
     cols = neighbours[:, 1:].reshape(-1)
     weights = torch.empty(len(rows), device=device)
+    flips = torch.empty(len(rows), dtype=torch.bool, device=device)
     for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, rows, cols, device):
-        # + 1e-6: zero weights would vanish from the sparse graph
-        weights[part] = 1.0 - dot.abs() + tangent_weight * 0.5 * (off_i + off_j) + 1e-6
-    tree = minimum_spanning_tree(_upper_triangle(n, rows, cols, weights.to(_graph_device(weights.device, len(rows)))))
-    tree = tree + tree.T
-    n_parts, labels = connected_components(tree, directed=False)
-    oriented = normals.copy()
-    for part in range(n_parts):
-        members = np.flatnonzero(labels == part)
-        root = int(members[np.argmax(points[members, 2])])
-        order, parent = breadth_first_order(tree, root, directed=False, return_predecessors=True)
-        _propagate(oriented, order, parent)
-        # One sign for the whole piece: outward normals have positive flux of the position field,
-        # ∮ n·(p − c) dA = 3 × volume > 0 (divergence theorem), a vote of every point rather than of
-        # one root whose normal may lie flat (the top of a sharp edge).
-        flux = np.einsum("ij,ij->", oriented[members], points[members] - points[members].mean(axis=0))
-        if flux < 0:
-            oriented[members] *= -1
-    return oriented
+        weights[part] = 1.0 - dot.abs() + tangent_weight * 0.5 * (off_i + off_j)
+        flips[part] = dot < 0  # the raw normals point to opposite sides
+    graph_device = _graph_device(weights.device, len(rows))
+    low, high, cost, flip = _undirected_edges(n, rows, cols, weights.to(graph_device), flips.to(graph_device))
+    root, parity = spanning_forest_signs(n, low, high, cost, flip)
+    oriented = normals * np.where(parity.cpu().numpy(), -1.0, 1.0).astype(normals.dtype)[:, None]
+    # One sign for each tree: outward normals have positive flux of the position field,
+    # ∮ n·(p − c) dA = 3 × volume > 0 (divergence theorem), a vote of every point rather than of one
+    # root whose normal may lie flat (the top of a sharp edge).
+    label = np.unique(root.cpu().numpy(), return_inverse=True)[1].reshape(-1)
+    count = np.bincount(label).astype(np.float64)
+    pts = np.asarray(points, dtype=np.float64)
+    centroid = np.stack([np.bincount(label, weights=pts[:, axis]) for axis in range(3)], 1) / count[:, None]
+    flux = np.bincount(label, weights=np.einsum("ij,ij->i", oriented.astype(np.float64), pts - centroid[label]))
+    return oriented * np.where(flux < 0, -1.0, 1.0).astype(normals.dtype)[label][:, None]
 
 
-#: Peak bytes per edge of _upper_triangle on a GPU (int64 ends, their minimum and maximum, keys, sort buffers).
+#: Peak bytes per edge of _undirected_edges on a GPU (int64 ends, their minimum and maximum, keys, sort buffers).
 GRAPH_EDGE_BYTES = 64
 
 
@@ -155,35 +153,20 @@ def _graph_device(device: torch.device, edges: int) -> torch.device:
     return device if free is None or edges * GRAPH_EDGE_BYTES <= 0.5 * free else torch.device("cpu")
 
 
-def _upper_triangle(n: int, rows: np.ndarray, cols: np.ndarray, weights: torch.Tensor) -> csr_matrix:
-    """The undirected graph of the edges rows[i] – cols[i] (E,) as the upper triangle of an (n, n) CSR matrix
-    with sorted columns: an edge listed from both ends once (its weights (E,) are equal: the cost is
-    symmetric), no self loops. Kruskal then sorts half as many edges for the same tree. Built by one sort
-    on the weights' device (scipy's symmetrisation took 1–2 s of a 362k-point scan on the GPU machine)."""
+def _undirected_edges(n: int, rows: np.ndarray, cols: np.ndarray, weights: torch.Tensor,
+                      flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The edges rows[i] – cols[i] (E,) once each, as (low end, high end, weight, flip), sorted by ends: an
+    edge listed from both ends has equal weights and flips (both are symmetric); no self loops. One sort
+    on the weights' device."""
     device = weights.device
     r = torch.as_tensor(rows, dtype=torch.int64, device=device)
     c = torch.as_tensor(cols, dtype=torch.int64, device=device)
     low, high = torch.minimum(r, c), torch.maximum(r, c)
     edge = low != high
     keys, slot = torch.unique(low[edge] * n + high[edge], return_inverse=True)
-    values = torch.empty(keys.numel(), dtype=weights.dtype, device=device).scatter_(0, slot, weights[edge])
-    indptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
-    indptr[1:] = torch.bincount(keys // n, minlength=n).cumsum(0)
-    return csr_matrix((values.cpu().numpy(), (keys % n).cpu().numpy(), indptr.cpu().numpy()), shape=(n, n))
-
-
-def _propagate(normals: np.ndarray, order: np.ndarray, parent: np.ndarray) -> None:
-    """Flip each node (in BFS order) to agree with its tree parent."""
-    children = order[1:]
-    parents = parent[children]
-    agree = np.einsum("ij,ij->i", normals[children], normals[parents]) >= 0  # raw, before flips
-    # sign(child) = sign(parent) · (agree ? 1 : -1), accumulated along BFS order
-    sign = np.ones(len(normals), dtype=np.int8)
-    flip = np.where(agree, 1, -1).astype(np.int8).tolist()
-    sign_list = sign.tolist()
-    for child, par, f in zip(children.tolist(), parents.tolist(), flip):
-        sign_list[child] = sign_list[par] * f
-    normals *= np.asarray(sign_list, dtype=np.float32)[:, None]
+    cost = torch.empty(keys.numel(), dtype=weights.dtype, device=device).scatter_(0, slot, weights[edge])
+    flip = torch.empty(keys.numel(), dtype=torch.bool, device=device).scatter_(0, slot, flips[edge])
+    return keys // n, keys % n, cost, flip
 
 
 #: Edges of the neighbour graph handled at a time: bounded temporaries on 10M-point scans.
