@@ -81,12 +81,8 @@ class CapturedUpdates:
         return any(len(state) > 0 for state in self.optimizer.state.values())
 
     def eager(self, forward: Callable[[], Terms]) -> Terms:
-        """One uncaptured step: forward, backward, ``optimizer.step()``."""
-        self.optimizer.zero_grad(set_to_none=True)
-        terms = forward()
-        terms["loss"].backward()
-        self.optimizer.step()
-        return detached(terms)
+        """One uncaptured step (:func:`eager_update`)."""
+        return eager_update(self.optimizer, forward)
 
     def _capture(self, forward: Callable[[], Terms]) -> tuple[torch.cuda.CUDAGraph, Terms]:
         """Warm up on a side stream (lazy initialisation must not happen during capture), then record.
@@ -106,6 +102,15 @@ class CapturedUpdates:
             self.optimizer.step()
         self.captures += 1
         return graph, detached(terms)
+
+
+def eager_update(optimizer: torch.optim.Optimizer, forward: Callable[[], Terms]) -> Terms:
+    """One uncaptured step: ``forward()``, the backward of its loss, ``optimizer.step()``; the terms detached."""
+    optimizer.zero_grad(set_to_none=True)
+    terms = forward()
+    terms["loss"].backward()
+    optimizer.step()
+    return detached(terms)
 
 
 def detached(terms: Terms) -> Terms:

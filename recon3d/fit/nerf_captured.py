@@ -16,7 +16,7 @@ import torch
 
 from recon3d.console import info
 from recon3d.fit import losses
-from recon3d.fit.captured import CapturedUpdates, detached
+from recon3d.fit.captured import CapturedUpdates, eager_update
 from recon3d.fit.nerf import NerfStep
 from recon3d.fit.rays_per_step import adapt_rays
 from recon3d.render.compositing import composite_packed
@@ -56,11 +56,7 @@ class CapturedNerfStep(NerfStep):
                optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """One training step: forward, backward and ``optimizer.step()``."""
         if step < EAGER_STEPS:
-            terms = self(step, generator)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            return detached(terms)
+            return eager_update(optimizer, lambda: self(step, generator))
         if self.grid is not None:
             self.grid.maybe_update(step, self.field.density, generator=generator)
         n_rays = rounded_rays(self.n_rays)
@@ -70,11 +66,7 @@ class CapturedNerfStep(NerfStep):
                 self.captured = CapturedUpdates(optimizer)
             terms = dict(self.captured.run(n_rays, lambda: self.fixed_forward(inputs)))
         else:
-            terms = self.fixed_forward(inputs)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            terms = detached(terms)
+            terms = eager_update(optimizer, lambda: self.fixed_forward(inputs))
         self._observe(terms.pop("wanted"), terms.pop("samples"), n_rays)
         return terms
 

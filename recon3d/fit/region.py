@@ -146,7 +146,7 @@ def support_plane(points: np.ndarray, cameras: np.ndarray, seed: int = 0) -> np.
 def sparse_region(scene: Scene) -> Region | None:
     """The region from the scene's sparse points, None with too few: the points the cameras look at
     (recon3d.io.colmap.object_points), without those on or behind their support plane when there is one
-    (:func:`support_plane`); their box (2nd to 98th percentiles, 10 % margin) clipped to the scene's box.
+    (:func:`support_plane`); their box (recon3d.io.colmap.points_box) clipped to the scene's box.
     A box the scene states (``aabb``, as ``recon3d poses`` writes it before the support is known) bounds
     the region; ``--box`` replaces it."""
     from recon3d.io.colmap import ROI_MIN_POINTS, object_points, points_box

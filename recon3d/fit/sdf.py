@@ -35,7 +35,7 @@ from recon3d.errors import Recon3dError
 from recon3d.fields.encodings import HASHGRID, hashgrid_config
 from recon3d.fields.implicit import gradient
 from recon3d.fit import losses
-from recon3d.fit.captured import CapturedUpdates, detached, fixed_step_mode
+from recon3d.fit.captured import CapturedUpdates, eager_update, fixed_step_mode
 from recon3d.fit.loop import StepFn
 from recon3d.fit.method import FitOptions, FitRun, Method
 from recon3d.fit.presets import check_choice, choose_preset, make_batch, make_settings, pick
@@ -321,11 +321,7 @@ class CapturedSdfStep(SdfStep):
             if phase not in self.captured.graphs:  # phases only move forward: free the last one's memory first
                 self.captured.graphs.clear()
             return dict(self.captured.run(phase, lambda: self.forward(inputs, *phase)))
-        terms = self.forward(inputs, *phase)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        return detached(terms)
+        return eager_update(optimizer, lambda: self.forward(inputs, *phase))
 
 
 def make_step(field: torch.nn.Module, scan: ScanData, weights: dict[str, float], batch: int,

@@ -782,7 +782,7 @@ def region_of_interest(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarr
 
     Object-centric captures (the cameras share a focus, :func:`focus_point`): the points within the view's
     half-width of the focus (at the median camera distance) are the object; otherwise every point. The box
-    spans their 2nd to 98th percentiles on each axis (stray points do not stretch it), widened by 10 % of its
+    spans their ROI_PERCENTILES on each axis (stray points do not stretch it), widened by ROI_MARGIN of its
     extent on each side.
     """
     points = np.asarray(points, np.float64)
@@ -805,7 +805,7 @@ def object_points(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -
 
 
 def points_box(points: np.ndarray) -> np.ndarray:
-    """(2, 3) the 2nd to 98th percentiles of points (P, 3) on each axis, widened by 10 % of the extent."""
+    """(2, 3) the ROI_PERCENTILES of points (P, 3) on each axis, widened by ROI_MARGIN of the extent."""
     lo, hi = np.percentile(points, ROI_PERCENTILES, axis=0)
     extent = np.maximum(hi - lo, 1e-6 * max(1.0, float(np.abs(points).max())))
     margin = ROI_MARGIN * extent

@@ -118,26 +118,25 @@ def orient_normals(points: np.ndarray, normals: np.ndarray, neighbours: np.ndarr
     """
     tangent_weight = TANGENT_WEIGHT if tangent_weight is None else tangent_weight
     n, k = neighbours.shape
-    rows = np.repeat(np.arange(n), k - 1)
-    cols = neighbours[:, 1:].reshape(-1)
-    weights = torch.empty(len(rows), device=device)
-    flips = torch.empty(len(rows), dtype=torch.bool, device=device)
-    for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, rows, cols, device):
-        weights[part] = 1.0 - dot.abs() + tangent_weight * 0.5 * (off_i + off_j)
-        flips[part] = dot < 0  # the raw normals point to opposite sides
-    graph_device = _graph_device(weights.device, len(rows))
-    low, high, cost, flip = _undirected_edges(n, rows, cols, weights.to(graph_device), flips.to(graph_device))
-    root, parity = spanning_forest_signs(n, low, high, cost, flip)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    low, high = _undirected_edges(neighbours, _graph_device(device, n * (k - 1)))
+    cost = torch.empty(len(low), device=device)
+    flip = torch.empty(len(low), dtype=torch.bool, device=device)
+    for part, dot, off_i, off_j, _ in _edge_chunks(points, normals, low, high, device):
+        cost[part] = 1.0 - dot.abs() + tangent_weight * 0.5 * (off_i + off_j)
+        flip[part] = dot < 0  # the raw normals point to opposite sides
+    root, parity = spanning_forest_signs(n, low, high, cost.to(low.device), flip.to(low.device))
+    root = root.cpu().numpy()
     oriented = normals * np.where(parity.cpu().numpy(), -1.0, 1.0).astype(normals.dtype)[:, None]
     # One sign for each tree: outward normals have positive flux of the position field,
     # ∮ n·(p − c) dA = 3 × volume > 0 (divergence theorem), a vote of every point rather than of one
-    # root whose normal may lie flat (the top of a sharp edge).
-    label = np.unique(root.cpu().numpy(), return_inverse=True)[1].reshape(-1)
-    count = np.bincount(label).astype(np.float64)
+    # root whose normal may lie flat (the top of a sharp edge). Trees are labelled by their root.
+    count = np.maximum(np.bincount(root, minlength=n), 1).astype(np.float64)
     pts = np.asarray(points, dtype=np.float64)
-    centroid = np.stack([np.bincount(label, weights=pts[:, axis]) for axis in range(3)], 1) / count[:, None]
-    flux = np.bincount(label, weights=np.einsum("ij,ij->i", oriented.astype(np.float64), pts - centroid[label]))
-    return oriented * np.where(flux < 0, -1.0, 1.0).astype(normals.dtype)[label][:, None]
+    centroid = np.stack([np.bincount(root, weights=pts[:, axis], minlength=n) for axis in range(3)], 1) / count[:, None]
+    flux = np.bincount(root, weights=np.einsum("ij,ij->i", oriented.astype(np.float64), pts - centroid[root]),
+                       minlength=n)
+    return oriented * np.where(flux < 0, -1.0, 1.0).astype(normals.dtype)[root][:, None]
 
 
 #: Peak bytes per edge of _undirected_edges on a GPU (int64 ends, their minimum and maximum, keys, sort buffers).
@@ -153,31 +152,28 @@ def _graph_device(device: torch.device, edges: int) -> torch.device:
     return device if free is None or edges * GRAPH_EDGE_BYTES <= 0.5 * free else torch.device("cpu")
 
 
-def _undirected_edges(n: int, rows: np.ndarray, cols: np.ndarray, weights: torch.Tensor,
-                      flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The edges rows[i] – cols[i] (E,) once each, as (low end, high end, weight, flip), sorted by ends: an
-    edge listed from both ends has equal weights and flips (both are symmetric); no self loops. One sort
-    on the weights' device."""
-    device = weights.device
-    r = torch.as_tensor(rows, dtype=torch.int64, device=device)
-    c = torch.as_tensor(cols, dtype=torch.int64, device=device)
-    low, high = torch.minimum(r, c), torch.maximum(r, c)
+def _undirected_edges(neighbours: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neighbour graph's edges i – neighbours[i, j] (j ≥ 1), each once, as (low end, high end) (E,) int64
+    on ``device``, sorted by ends; no self loops. An edge both ends list is one edge: its cost and flip are
+    symmetric, so they are computed once. One sort on ``device``."""
+    n, k = neighbours.shape
+    rows = torch.arange(n, device=device).repeat_interleave(k - 1)
+    cols = torch.as_tensor(neighbours[:, 1:].reshape(-1), dtype=torch.int64, device=device)
+    low, high = torch.minimum(rows, cols), torch.maximum(rows, cols)
     edge = low != high
-    keys, slot = torch.unique(low[edge] * n + high[edge], return_inverse=True)
-    cost = torch.empty(keys.numel(), dtype=weights.dtype, device=device).scatter_(0, slot, weights[edge])
-    flip = torch.empty(keys.numel(), dtype=torch.bool, device=device).scatter_(0, slot, flips[edge])
-    return keys // n, keys % n, cost, flip
+    keys = torch.unique(low[edge] * n + high[edge])
+    return keys // n, keys % n
 
 
 #: Edges of the neighbour graph handled at a time: bounded temporaries on 10M-point scans.
 EDGE_CHUNK = 4_000_000
 
 
-def _edge_chunks(points: np.ndarray, normals: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                 device: torch.device | str | None = None):
-    """For the edges rows[i] → cols[i], chunk by chunk: (slice, nᵢ·nⱼ, |nᵢ·e|, |nⱼ·e|, edge length) as
-    float32 tensors on ``device``, e the unit edge (zero for a zero-length one): how parallel two planes
-    are and how far the edge leaves each of them."""
+def _edge_chunks(points: np.ndarray, normals: np.ndarray, rows: np.ndarray | torch.Tensor,
+                 cols: np.ndarray | torch.Tensor, device: torch.device | str | None = None):
+    """For the edges rows[i] → cols[i] (arrays, or tensors on any device), chunk by chunk: (slice, nᵢ·nⱼ,
+    |nᵢ·e|, |nⱼ·e|, edge length) as float32 tensors on ``device``, e the unit edge (zero for a zero-length
+    one): how parallel two planes are and how far the edge leaves each of them."""
     pts = torch.as_tensor(np.asarray(points, dtype=np.float32), device=device)
     nrm = torch.as_tensor(np.asarray(normals, dtype=np.float32), device=pts.device)
     for start in range(0, len(rows), EDGE_CHUNK):
