@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recon3d.device import resolve_device, synchronize  # noqa: E402
+from recon3d.device import resolve_device, synchronize, tf32_matmuls, tf32_wanted  # noqa: E402
 from recon3d.fields import build_field  # noqa: E402
 from recon3d.fit import sdf as sdf_fit  # noqa: E402
 from recon3d.fit.captured import fixed_step_mode  # noqa: E402
@@ -51,7 +51,9 @@ def step_times(device: torch.device, points: int, steps: int, blocks: int) -> di
     graph_optimizer = make_adam(list(graph_field.parameters()), TrainSettings(steps=1000, lr=1e-3))
     graph_step = sdf_fit.make_step(graph_field, scan, config["loss"], config["batch"], 1000, mode=mode)
     original = sdf_fit.gradient
+    precision = tf32_matmuls(tf32_wanted(False), device)  # RECON3D_TF32=1 times the step in TF32
     try:
+        precision.__enter__()
         for block in range(blocks + 1):  # block 0 warms every method up (and captures the graph)
             for method in times:
                 sdf_fit.gradient = functools.partial(original, jacobian=method != "autograd")
@@ -71,6 +73,7 @@ def step_times(device: torch.device, points: int, steps: int, blocks: int) -> di
                         times[method].append(time.perf_counter() - start)
     finally:
         sdf_fit.gradient = original
+        precision.__exit__(None, None, None)
     return times
 
 
@@ -87,7 +90,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rows = {method: 1000 * statistics.median(values) for method, values in times.items()}
     batch = sdf_fit.resolve_preset(sdf_fit.SDFOptions(), device)["batch"]
-    print(f"\n{name}, torch {torch.__version__}, batch {batch}, "
+    print(f"\n{name}, torch {torch.__version__}, batch {batch}, TF32 {tf32_wanted(False)}, "
           f"{args.blocks} × {args.steps} steps per method")
     print("| ∇f | median ms / step |\n|---|---|")
     for method, ms in rows.items():

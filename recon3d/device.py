@@ -24,6 +24,37 @@ OUT_OF_MEMORY = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
 MIN_CHUNK = 1024
 
 
+#: ``RECON3D_TF32``: unset, each fit's preset decides; ``0`` keeps float32 matmuls in every fit; ``1`` lets every
+#: CUDA fit use TF32 (for benchmarks).
+TF32_ENV = "RECON3D_TF32"
+
+
+def tf32_wanted(preset_default: bool) -> bool:
+    """Whether a fit multiplies its float32 matrices in TF32 on a GPU: the preset's choice unless
+    :data:`TF32_ENV` overrides it."""
+    value = os.environ.get(TF32_ENV, "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    if value:
+        raise Recon3dError(f"{TF32_ENV} must be 0 or 1, got {value!r}")
+    return bool(preset_default)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool, device: torch.device | str) -> Iterator[None]:
+    """float32 matrix products on tensor cores in TF32 (10-bit mantissa, float32 range) inside the block,
+    on a CUDA device; restores the process's previous setting after it. A CPU run is unchanged."""
+    if not enabled or torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def release_cached_memory(device: torch.device | str) -> None:
     """Give the CUDA caching allocator's free blocks back before a retry with a smaller chunk."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():

@@ -91,3 +91,73 @@ def test_a_point_cloud_fit_does_not_import_the_image_methods(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == ["fit-sdf", "False", "fit-sdf-images"]
+
+
+def test_tf32_is_the_presets_choice_unless_the_environment_overrides_it(monkeypatch):
+    """fit-nerf's GPU preset multiplies in TF32; its CPU preset and other fits do not; RECON3D_TF32 overrides
+    both ways, and a bad value is one clear error."""
+    import pytest
+
+    from recon3d.device import tf32_wanted
+    from recon3d.errors import Recon3dError
+    from recon3d.fit.nerf import PRESETS
+    from recon3d.fit.presets import make_settings
+
+    monkeypatch.delenv("RECON3D_TF32", raising=False)
+    budgets = PRESETS["fast"]["budget"]
+    assert make_settings(budgets["cuda"], None, None, None, 0, False).tf32
+    assert not make_settings(budgets["cpu"], None, None, None, 0, False).tf32
+    assert not tf32_wanted(False) and tf32_wanted(True)
+    monkeypatch.setenv("RECON3D_TF32", "0")
+    assert not make_settings(budgets["cuda"], None, None, None, 0, False).tf32
+    monkeypatch.setenv("RECON3D_TF32", "1")
+    assert tf32_wanted(False)
+    monkeypatch.setenv("RECON3D_TF32", "yes")
+    with pytest.raises(Recon3dError, match="RECON3D_TF32 must be 0 or 1"):
+        tf32_wanted(True)
+
+
+def test_tf32_matmuls_are_switched_on_for_a_gpu_block_only_and_restored():
+    from recon3d.device import tf32_matmuls
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    seen = []
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with tf32_matmuls(True, "cpu"):
+            seen.append(torch.backends.cuda.matmul.allow_tf32)
+        with tf32_matmuls(False, "cuda"):
+            seen.append(torch.backends.cuda.matmul.allow_tf32)
+        try:
+            with tf32_matmuls(True, "cuda"):
+                seen.append(torch.backends.cuda.matmul.allow_tf32)
+                raise KeyError("stop")
+        except KeyError:
+            pass
+        assert seen == [False, False, True] and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_loop_runs_its_steps_in_the_settings_precision(monkeypatch):
+    """The Trainer switches TF32 on around its steps when the settings ask for it (a cuda device is only
+    named here: the step runs on the CPU) and off after."""
+    from recon3d.fit import loop
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    flags = []
+
+    def step(index: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        flags.append(torch.backends.cuda.matmul.allow_tf32)
+        return {"loss": (model.weight ** 2).sum()}
+
+    monkeypatch.setattr(loop, "synchronize", lambda device: None)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        trainer = Trainer(model, step, TrainSettings(steps=3, tf32=True), torch.device("cpu"), show_progress=False)
+        trainer.device = torch.device("cuda")
+        trainer.run()
+        assert flags == [True] * 3 and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

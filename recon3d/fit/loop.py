@@ -27,7 +27,7 @@ import torch
 
 from recon3d import distributed
 from recon3d.console import Progress
-from recon3d.device import synchronize
+from recon3d.device import synchronize, tf32_matmuls
 from recon3d.errors import Recon3dError
 
 #: step_fn(step, generator) -> {"loss": scalar tensor, other named terms...}. A step function with a
@@ -86,6 +86,7 @@ class TrainSettings:
     warmup_steps: int = 50
     seed: int = 0
     amp: bool = False
+    tf32: bool = False
     log_every: int = 25
     adam_eps: float = 1e-15
     betas: tuple[float, float] = (0.9, 0.99)
@@ -297,7 +298,7 @@ class Trainer:
                             budget_seconds=settings.max_seconds)
         if state.last_loss is not None:
             progress.note = f"loss {state.last_loss:.4g}"
-        with flag.installed(), progress:
+        with flag.installed(), progress, tf32_matmuls(settings.tf32, self.device):
             while True:
                 elapsed = time.perf_counter() - start - self.excluded_seconds
                 raised = flag.raised

@@ -43,12 +43,12 @@ from recon3d.render.samplers import OccupancyGrid
 
 #: Weight of the depth-supervision term (DS-NeRF), on when a scene has sparse points.
 DEPTH_WEIGHT = 0.05
-#: Samples per batch the fast preset aims at, and the bounds on its ray count.
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
         "sampling": {"kind": "grid"},
-        "budget": {"cuda": {"steps": 20000, "batch": 4096, "lr": 1e-2, "target_samples": 1 << 18, "depth_rays": 1024},
+        "budget": {"cuda": {"steps": 20000, "batch": 4096, "lr": 1e-2, "target_samples": 1 << 18, "depth_rays": 1024,
+                            "tf32": True},
                    "cpu": {"steps": 500, "batch": 1024, "lr": 1e-2, "target_samples": 1 << 14, "depth_rays": 128}},
     },
     "paper": {

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recon3d.device import tf32_wanted
 from recon3d.errors import Recon3dError
 from recon3d.fit.loop import TrainSettings
 
@@ -117,7 +118,7 @@ def make_settings(budget: dict, steps: int | None, max_seconds: float | None, lr
     max_seconds = check_max_seconds(max_seconds)
     rate = check_lr(lr if lr is not None else budget["lr"])
     return TrainSettings(steps=steps, max_seconds=max_seconds, lr=rate, seed=check_seed(seed), amp=amp,
-                         warmup_steps=min(50, max(steps // 10, 1)))
+                         tf32=tf32_wanted(budget.get("tf32", False)), warmup_steps=min(50, max(steps // 10, 1)))
 
 
 def make_batch(budget: dict, batch: int | None) -> int:
