@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import torch
@@ -77,14 +78,17 @@ def compile_for_hopper() -> list[str]:
                     n_points="i32", hash_mask="i32")
     variants = [(kernels._encode_kernel, dict(encode, table_ptr=table), {"WITH_JAC": jac})
                 for table in ("*fp32", "*fp16") for jac in (False, True)]
-    variants += [(kernels._backward_kernel, dict(backward, table_ptr=table), {"WITH_JAC": jac, "NEED_X": need_x})
-                 for table, jac, need_x in (("*fp32", True, True), ("*fp16", False, True), ("*fp32", False, False))]
+    variants += [(kernels._backward_kernel, dict(backward, table_ptr=table),
+                  {"WITH_JAC": jac, "NEED_X": need_x, "VECTOR_ADD": vector, "F": features})
+                 for table, jac, need_x in (("*fp32", True, True), ("*fp16", False, True), ("*fp32", False, False))
+                 for vector, features in ((False, 2), (True, 2), (True, 4))]
     done = []
     for fn, signature, flags in variants:
         constexprs = {"N_LEVELS": 16, "F": 2, "BLOCK_N": 128, **flags}
         signature = dict(signature, **{name: "constexpr" for name in constexprs})
         compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
-        done.append(f"{fn.__name__} {signature['table_ptr']} {flags}: {len(compiled.asm['cubin'])} B")
+        reductions = sorted(set(re.findall(r"\bred\.[\w.]+", compiled.asm["ptx"])))
+        done.append(f"{fn.__name__} {signature['table_ptr']} {flags} {reductions}: {len(compiled.asm['cubin'])} B")
     return done
 
 

@@ -52,7 +52,13 @@ def test_kernels_compile_for_hopper():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(compiled) == 7 and all(line.endswith(" B") for line in compiled), compiled
+    assert len(compiled) == 13 and all(line.endswith(" B") for line in compiled), compiled
+    backward = [line for line in compiled if line.startswith("_backward_kernel")]
+    vector = {"'F': 2": "red.relaxed.gpu.global.add.v2.f32", "'F': 4": "red.relaxed.gpu.global.add.v4.f32"}
+    for line in backward:  # one vector reduction per row where asked for, scalar atomics otherwise
+        wanted = next(op for key, op in vector.items() if key in line) if "'VECTOR_ADD': True" in line \
+            else "red.global.gpu.relaxed.add.f32"
+        assert f"['{wanted}']" in line, line
 
 
 def test_the_cache_key_is_computed_in_the_background():

@@ -83,6 +83,24 @@ if triton is not None:
         return base.to(tl.int32), pos - base
 
     @triton.jit
+    def _add_row(target, values, F: tl.constexpr):
+        """Adds each point's F = 2 or 4 gradient values to its table row with one vector reduction
+        (``red.global.add.v2/v4.f32``, sm_90) instead of F scalar atomics. Rows of points past the end get
+        zeros (their gradient was loaded as 0), so no mask is needed."""
+        if F == 2:
+            a, b = tl.split(values)
+            tl.inline_asm_elementwise("red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3};\n\tmov.u32 $0, 0;",
+                                      "=r,l,f,f", [target, a, b], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            pairs = tl.reshape(values, (values.shape[0], 2, 2))
+            low, high = tl.split(pairs)
+            a, b = tl.split(low)
+            c, d = tl.split(high)
+            tl.inline_asm_elementwise(
+                "red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, $5};\n\tmov.u32 $0, 0;",
+                "=r,l,f,f,f,f", [target, a, c, b, d], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
     def _encode_kernel(x_ptr, table_ptr, res_ptr, offset_ptr, dense_ptr, mask_ptr, out_ptr, jac_ptr, n_points,
                        hash_mask, N_LEVELS: tl.constexpr, F: tl.constexpr, WITH_JAC: tl.constexpr,
                        BLOCK_N: tl.constexpr):
@@ -138,7 +156,8 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(x_ptr, table_ptr, res_ptr, offset_ptr, dense_ptr, mask_ptr, grad_out_ptr, grad_jac_ptr,
                          grad_table_ptr, grad_x_ptr, n_points, hash_mask, N_LEVELS: tl.constexpr, F: tl.constexpr,
-                         WITH_JAC: tl.constexpr, NEED_X: tl.constexpr, BLOCK_N: tl.constexpr):
+                         WITH_JAC: tl.constexpr, NEED_X: tl.constexpr, VECTOR_ADD: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = rows < n_points
@@ -186,8 +205,11 @@ if triton is not None:
                     contribution += (s0 * w1 * w2)[:, None] * gj0
                     contribution += (w0 * s1 * w2)[:, None] * gj1
                     contribution += (w0 * w1 * s2)[:, None] * gj2
-                target = grad_table_ptr + row[:, None] * F + feats[None, :]
-                tl.atomic_add(target, contribution, mask=valid[:, None], sem="relaxed")
+                if VECTOR_ADD:
+                    _add_row(grad_table_ptr + row * F, contribution, F)
+                else:
+                    target = grad_table_ptr + row[:, None] * F + feats[None, :]
+                    tl.atomic_add(target, contribution, mask=valid[:, None], sem="relaxed")
                 if NEED_X:
                     feat = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=valid[:, None],
                                    other=0.0).to(tl.float32)
@@ -218,6 +240,14 @@ class LevelTable:
         return self.resolutions, self.offsets, self.dense, self.level_mask
 
 
+def vector_add(device: torch.device, n_features: int) -> bool:
+    """Whether the backward adds a row's 2 or 4 features with one vector reduction: an sm_90 GPU (Hopper),
+    not Triton's CPU interpreter (no inline assembly there), unless ``RECON3D_VECTOR_ATOMICS=0``."""
+    if n_features not in (2, 4) or device.type != "cuda" or os.environ.get("RECON3D_VECTOR_ATOMICS") == "0":
+        return False
+    return os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _grid(n_points: int) -> tuple[int]:
     return (triton.cdiv(n_points, BLOCK),)
 
@@ -245,7 +275,7 @@ def _launch_backward(x: torch.Tensor, table: torch.Tensor, levels: LevelTable, g
         _backward_kernel[_grid(n)](x, table, *levels.args(), grad_out.contiguous(),
                                    grad_jac.contiguous() if with_jac else grad_out, grad_table, grad_x, n,
                                    levels.hash_mask, N_LEVELS=levels.n_levels, F=n_features, WITH_JAC=with_jac,
-                                   NEED_X=need_x, BLOCK_N=BLOCK)
+                                   NEED_X=need_x, VECTOR_ADD=vector_add(x.device, n_features), BLOCK_N=BLOCK)
     return grad_table, (grad_x if need_x else None)
 
 
