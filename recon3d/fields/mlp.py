@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -100,7 +101,26 @@ class MLP(nn.Module):
             bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / w0
             nn.init.uniform_(layer.weight, -bound, bound)
 
+    #: Run on the fused Triton kernels (recon3d.fields.mlp_triton) where they apply: a GPU, float32, ReLU, no
+    #: skips. Off by default: their backward is first order only, so only fields that never differentiate
+    #: through the MLP twice switch it on (the radiance field's).
+    fused = False
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        if not self.fused or self.skip_layers or self.first_scale != 1.0 or not self.acts \
+                or not isinstance(self.acts[0], nn.ReLU):
+            return False
+        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or x.dim() != 2:
+            return False
+        from recon3d.fields import mlp_triton  # imports Triton: only where it can run
+
+        return mlp_triton.supported(x, list(self.layers))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fusable(x):
+            from recon3d.fields.mlp_triton import fused_mlp
+
+            return fused_mlp(x, list(self.layers))
         h = x
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):

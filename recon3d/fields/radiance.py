@@ -196,6 +196,8 @@ class RadianceField(nn.Module):
             raise ValueError(f"unknown radiance architecture {architecture!r} (known: paper, fast)")
         self.color_mlp = MLP(in_dim=int(geo_features) + self.direction_encoding.out_dim, out_dim=3,
                              hidden=int(color_mlp["hidden"]), n_layers=int(color_mlp["n_layers"]), activation="relu")
+        if architecture == "fast":  # instant-ngp's MLPs run fused on a GPU (recon3d.fields.mlp_triton)
+            self.trunk.mlp.fused = self.color_mlp.fused = True
         self.background = None
         if background is not None:
             self.background = RadianceField(**background)

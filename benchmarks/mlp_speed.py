@@ -1,0 +1,73 @@
+"""Forward + backward of fit-nerf's two MLPs (instant-ngp's widths) on a GPU: torch's layers in float32 and
+in TF32 against the fused Triton kernels (recon3d.fields.mlp_triton), at one training step's sample count;
+the largest relative error of each against a float64 reference.
+
+    python benchmarks/mlp_speed.py            # needs a CUDA device
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from recon3d.fields.mlp import MLP  # noqa: E402
+from recon3d.fields.mlp_triton import KERNEL_ENV  # noqa: E402
+
+SHAPES = {"density 32→64→16": (32, 16, 1), "colour 32→64→64→3": (32, 3, 2)}
+
+
+def run(mlp: MLP, x: torch.Tensor, gy: torch.Tensor) -> list[torch.Tensor]:
+    xi = x.detach().requires_grad_(True)
+    y = mlp(xi)
+    grads = torch.autograd.grad((y * gy).sum(), [xi, *mlp.parameters()])
+    return [y.detach(), *grads]
+
+
+def timed(fn, repeats: int) -> float:  # median milliseconds of fn() on the GPU
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=288 * 1024)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {args.rows} rows, forward + backward")
+    print("| MLP | path | ms | max rel. error vs float64 |\n|---|---|---|---|")
+    for name, (n_in, n_out, n_layers) in SHAPES.items():
+        torch.manual_seed(0)
+        mlp = MLP(n_in, n_out, hidden=64, n_layers=n_layers, activation="relu").to(device)
+        x = torch.randn(args.rows, n_in, device=device)
+        gy = torch.randn(args.rows, n_out, device=device)
+        reference = run(mlp.double(), x.double(), gy.double())
+        mlp.float()
+        for path in ("torch fp32", "torch tf32", "fused"):
+            mlp.fused = path == "fused"
+            os.environ[KERNEL_ENV] = "triton"
+            torch.backends.cuda.matmul.allow_tf32 = path == "torch tf32"
+            got = run(mlp, x, gy)
+            error = max(float((g.double() - r).abs().max() / r.abs().max()) for g, r in zip(got, reference))
+            ms = timed(lambda m=mlp, a=x, g=gy: run(m, a, g), args.repeats)
+            print(f"| {name} | {path} | {ms:.3f} | {error:.1e} |")
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+if __name__ == "__main__":
+    main()
