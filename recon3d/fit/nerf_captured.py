@@ -19,6 +19,7 @@ from recon3d.fit import losses
 from recon3d.fit.captured import CapturedUpdates, eager_update
 from recon3d.fit.nerf import NerfStep
 from recon3d.fit.rays_per_step import adapt_rays
+from recon3d.render import composite_triton
 from recon3d.render.compositing import composite_packed
 from recon3d.render.fixed_march import march_fixed, steps_per_ray
 
@@ -103,8 +104,13 @@ class CapturedNerfStep(NerfStep):
         mids = 0.5 * (marched.t_starts + marched.t_ends)
         positions = padded_origins[rays] + padded_directions[rays] * mids[:, None]
         sigmas, rgbs = self.field(positions, padded_directions[rays])
-        result = composite_packed(rays, sigmas, rgbs, marched.t_starts, marched.t_ends, n_rays + 1, None)
-        rgb = result.rgb[:n_rays] + background * (1.0 - result.opacity[:n_rays, None])
+        if composite_triton.available(sigmas):
+            colour, opacity = composite_triton.composite_ranges(*marched.slot_ranges(), sigmas, rgbs,
+                                                                marched.t_starts, marched.t_ends)
+        else:
+            result = composite_packed(rays, sigmas, rgbs, marched.t_starts, marched.t_ends, n_rays + 1, None)
+            colour, opacity = result.rgb[:n_rays], result.opacity[:n_rays]
+        rgb = colour + background * (1.0 - opacity[:, None])
         fits = marched.fits.to(rgb.dtype)
         mse = (((rgb - target) ** 2).mean(dim=-1) * fits).sum() / fits.sum().clamp_min(1.0)
         return {"loss": mse, "psnr": losses.psnr(mse), "samples": marched.samples.clamp_max(self.capacity),

@@ -28,7 +28,9 @@ class FixedSamples:
     """Packed samples in ``capacity`` slots, sorted by ray then t; padding slots have ray index R.
 
     ray_indices: (C,) int64; t_starts, t_ends: (C,); fits: (R,) bool, every sample of the ray is
-    in the buffer; samples: () int64, the samples the rays have (the slots in use up to ``capacity``).
+    in the buffer; samples: () int64, the samples the rays have (the slots in use up to ``capacity``);
+    ray_ends: (R,) one past each ray's last slot, and per_ray: (R,) its sample count, before clipping to
+    ``capacity`` (:meth:`slot_ranges`).
     """
 
     ray_indices: Tensor
@@ -36,6 +38,14 @@ class FixedSamples:
     t_ends: Tensor
     fits: Tensor
     samples: Tensor
+    ray_ends: Tensor
+    per_ray: Tensor
+
+    def slot_ranges(self) -> tuple[Tensor, Tensor]:
+        """(starts, ends), each (R,) int64: the slots [start, end) of each ray's samples in the buffer."""
+        capacity = self.ray_indices.shape[0]
+        ends = self.ray_ends.to(torch.int64)
+        return (ends - self.per_ray.to(torch.int64)).clamp_max(capacity), ends.clamp_max(capacity)
 
 
 def steps_per_ray(grid: OccupancyGrid, step_size: float | None = None) -> int:
@@ -65,7 +75,7 @@ def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset
     if march_triton.available(origins):
         rays, starts, stops, per_ray, ends = march_triton.march_packed(grid, origins, directions, t0, t1, offset,
                                                                        counts, step, capacity)
-        return FixedSamples(rays, starts, stops, (ends <= capacity) | (per_ray == 0), ends[-1])
+        return FixedSamples(rays, starts, stops, (ends <= capacity) | (per_ray == 0), ends[-1], ends, per_ray)
     k = torch.arange(limit, device=device, dtype=t0.dtype)
     t_starts = t0[:, None] + (k + offset[:, None]) * step  # (R, K)
     t_ends = torch.minimum(t_starts + step, t1[:, None])
@@ -82,5 +92,6 @@ def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset
         return out.scatter_(0, slot, values.reshape(-1))[:capacity]
 
     fits = (ends <= capacity) | (per_ray == 0)
-    return FixedSamples(packed(rays, n_rays), packed(t_starts, 0.0), packed(t_ends, 0.0), fits, ends[-1])
+    return FixedSamples(packed(rays, n_rays), packed(t_starts, 0.0), packed(t_ends, 0.0), fits, ends[-1], ends,
+                        per_ray)
 
