@@ -62,10 +62,11 @@ def compile_for_hopper() -> list[str]:
     for three in (False, True):
         for fn, signature, extra in ((kernels._forward_kernel, forward, {}),
                                      (kernels._backward_kernel, backward, {"NEED_X": True})):
-            constexprs = {"IN": 32, "HID": 64, "OUT": 16, "THREE": three, "BLOCK": kernels.BLOCK_M, **extra}
+            constexprs = {"IN": 32, "HID": 64, "OUT": 16, "THREE": three, "HALF": kernels.HALF,
+                          "BLOCK": kernels.BLOCK_M, **extra}
             signature = dict(signature, **{name: "constexpr" for name in constexprs})
             compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": kernels.BACKWARD_WARPS if extra else 4})
+                                      options={"num_warps": kernels.BACKWARD_WARPS if extra else kernels.FORWARD_WARPS})
             done.append(f"{fn.__name__} THREE={three}: {len(compiled.asm['cubin'])} B")
     return done
 

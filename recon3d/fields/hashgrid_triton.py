@@ -87,6 +87,7 @@ if triton is not None:
         """Adds each point's F = 2 or 4 gradient values to its table row with one vector reduction
         (``red.global.add.v2/v4.f32``, sm_90) instead of F scalar atomics. Rows of points past the end get
         zeros (their gradient was loaded as 0), so no mask is needed."""
+        target = target.to(tl.int64)  # the address as an integer: older Triton refuses pointer operands here
         if F == 2:
             a, b = tl.split(values)
             tl.inline_asm_elementwise("red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3};\n\tmov.u32 $0, 0;",

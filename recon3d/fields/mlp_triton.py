@@ -34,6 +34,10 @@ except ImportError:  # pragma: no cover - depends on the installation
 MAX_WIDTH = 128
 #: Rows per block.
 BLOCK_M = 64
+#: Products with bfloat16 operands (float32 sums) instead of TF32.
+HALF = False
+#: Warps of a forward program.
+FORWARD_WARPS = 4
 #: Warps of a backward program (its per-block activations and gradient sums share the registers).
 BACKWARD_WARPS = 8
 #: Backward programs per streaming multiprocessor (each accumulates the weight gradients of many blocks).
@@ -78,6 +82,13 @@ if triton is not None:
                        other=0.0)
 
     @triton.jit
+    def _mm(a, b, HALF: tl.constexpr):
+        """a @ b with float32 sums: TF32 products, or bfloat16 operands where HALF."""
+        if HALF:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+        return tl.dot(a, b)
+
+    @triton.jit
     def _bias(b_ptr, n, SIZE: tl.constexpr):
         o = tl.arange(0, SIZE)
         return tl.load(b_ptr + o, mask=o < n, other=0.0)
@@ -85,7 +96,7 @@ if triton is not None:
     @triton.jit
     def _forward_kernel(x_ptr, w0, b0, w1, b1, w2, b2, y_ptr, n_rows, n_in, n_hidden, n_out,
                         IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr, THREE: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        HALF: tl.constexpr, BLOCK: tl.constexpr):
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = rows < n_rows
         rows64 = rows.to(tl.int64)
@@ -93,13 +104,13 @@ if triton is not None:
         cout = tl.arange(0, OUT)
         x = tl.load(x_ptr + rows64[:, None] * n_in + cin[None, :], mask=valid[:, None] & (cin[None, :] < n_in),
                     other=0.0)
-        h = tl.maximum(tl.dot(x, _weight_t(w0, n_in, n_hidden, IN, HID)) + _bias(b0, n_hidden, HID)[None, :], 0.0)
+        h = tl.maximum(_mm(x, _weight_t(w0, n_in, n_hidden, IN, HID), HALF) + _bias(b0, n_hidden, HID)[None, :], 0.0)
         if THREE:
-            h = tl.maximum(tl.dot(h, _weight_t(w1, n_hidden, n_hidden, HID, HID))
+            h = tl.maximum(_mm(h, _weight_t(w1, n_hidden, n_hidden, HID, HID), HALF)
                            + _bias(b1, n_hidden, HID)[None, :], 0.0)
-            y = tl.dot(h, _weight_t(w2, n_hidden, n_out, HID, OUT)) + _bias(b2, n_out, OUT)[None, :]
+            y = _mm(h, _weight_t(w2, n_hidden, n_out, HID, OUT), HALF) + _bias(b2, n_out, OUT)[None, :]
         else:
-            y = tl.dot(h, _weight_t(w1, n_hidden, n_out, HID, OUT)) + _bias(b1, n_out, OUT)[None, :]
+            y = _mm(h, _weight_t(w1, n_hidden, n_out, HID, OUT), HALF) + _bias(b1, n_out, OUT)[None, :]
         tl.store(y_ptr + rows64[:, None] * n_out + cout[None, :], y, mask=valid[:, None] & (cout[None, :] < n_out))
 
     @triton.jit
@@ -112,7 +123,7 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(x_ptr, w0, b0, w1, b1, w2, b2, gy_ptr, gx_ptr, partial_ptr, n_rows, n_in, n_hidden,
                          n_out, n_blocks, partial_width, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
-                         THREE: tl.constexpr, NEED_X: tl.constexpr, BLOCK: tl.constexpr):
+                         THREE: tl.constexpr, NEED_X: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         cin = tl.arange(0, IN)
         chid = tl.arange(0, HID)
@@ -132,27 +143,27 @@ if triton is not None:
             w0t = _weight_t(w0, n_in, n_hidden, IN, HID)
             x = tl.load(x_ptr + rows64[:, None] * n_in + cin[None, :], mask=valid[:, None] & (cin[None, :] < n_in),
                         other=0.0)
-            h0 = tl.maximum(tl.dot(x, w0t) + _bias(b0, n_hidden, HID)[None, :], 0.0)
+            h0 = tl.maximum(_mm(x, w0t, HALF) + _bias(b0, n_hidden, HID)[None, :], 0.0)
             gy = tl.load(gy_ptr + rows64[:, None] * n_out + cout[None, :],
                          mask=valid[:, None] & (cout[None, :] < n_out), other=0.0)
             g_bl += tl.sum(gy, axis=0)
             if THREE:
                 w1t = _weight_t(w1, n_hidden, n_hidden, HID, HID)
                 wlt = _weight_t(w2, n_hidden, n_out, HID, OUT)
-                h1 = tl.maximum(tl.dot(h0, w1t) + _bias(b1, n_hidden, HID)[None, :], 0.0)
-                g_wl += tl.dot(tl.trans(h1), gy)
-                g = tl.where(h1 > 0.0, tl.dot(gy, tl.trans(wlt)), 0.0)
-                g_w1 += tl.dot(tl.trans(h0), g)
+                h1 = tl.maximum(_mm(h0, w1t, HALF) + _bias(b1, n_hidden, HID)[None, :], 0.0)
+                g_wl += _mm(tl.trans(h1), gy, HALF)
+                g = tl.where(h1 > 0.0, _mm(gy, tl.trans(wlt), HALF), 0.0)
+                g_w1 += _mm(tl.trans(h0), g, HALF)
                 g_b1 += tl.sum(g, axis=0)
-                g = tl.where(h0 > 0.0, tl.dot(g, tl.trans(w1t)), 0.0)
+                g = tl.where(h0 > 0.0, _mm(g, tl.trans(w1t), HALF), 0.0)
             else:
                 wlt = _weight_t(w1, n_hidden, n_out, HID, OUT)
-                g_wl += tl.dot(tl.trans(h0), gy)
-                g = tl.where(h0 > 0.0, tl.dot(gy, tl.trans(wlt)), 0.0)
-            g_w0 += tl.dot(tl.trans(x), g)
+                g_wl += _mm(tl.trans(h0), gy, HALF)
+                g = tl.where(h0 > 0.0, _mm(gy, tl.trans(wlt), HALF), 0.0)
+            g_w0 += _mm(tl.trans(x), g, HALF)
             g_b0 += tl.sum(g, axis=0)
             if NEED_X:
-                gx = tl.dot(g, tl.trans(w0t))
+                gx = _mm(g, tl.trans(w0t), HALF)
                 tl.store(gx_ptr + rows64[:, None] * n_in + cin[None, :], gx,
                          mask=valid[:, None] & (cin[None, :] < n_in))
         # This program's partial sums, in the order of _params: w0, b0, (w1, b1,) w_last, b_last.
@@ -199,7 +210,7 @@ class _FusedMLP(torch.autograd.Function):
             grid = (triton.cdiv(x.shape[0], BLOCK_M),)
             _forward_kernel[grid](x, *_weights(params), y, x.shape[0], shape["n_in"], shape["n_hidden"],
                                   shape["n_out"], IN=shape["IN"], HID=shape["HID"], OUT=shape["OUT"],
-                                  THREE=shape["THREE"], BLOCK=BLOCK_M)
+                                  THREE=shape["THREE"], HALF=HALF, BLOCK=BLOCK_M, num_warps=FORWARD_WARPS)
         ctx.save_for_backward(x, *params)
         return y
 
@@ -219,7 +230,7 @@ class _FusedMLP(torch.autograd.Function):
             _backward_kernel[(programs,)](x, *_weights(tuple(params)), grad_y.float().contiguous(), grad_x, partial, n,
                                           shape["n_in"], shape["n_hidden"], shape["n_out"], n_blocks, sum(sizes),
                                           IN=shape["IN"], HID=shape["HID"], OUT=shape["OUT"], THREE=shape["THREE"],
-                                          NEED_X=need_x, BLOCK=BLOCK_M, num_warps=BACKWARD_WARPS)
+                                          NEED_X=need_x, HALF=HALF, BLOCK=BLOCK_M, num_warps=BACKWARD_WARPS)
             grads = partial.sum(dim=0).split(sizes)
         else:
             grads = tuple(torch.zeros(size, device=x.device) for size in sizes)
