@@ -60,8 +60,8 @@ def compile_for_hopper() -> list[str]:
                 "n_blocks": "i32", "partial_width": "i32"}
     done = []
     for three in (False, True):
-        for fn, signature, extra in ((kernels._forward_kernel, forward, {}),
-                                     (kernels._backward_kernel, backward, {"NEED_X": True})):
+        for fn, signature, extra in ((kernels._mlp_forward_kernel, forward, {}),
+                                     (kernels._mlp_backward_kernel, backward, {"NEED_X": True})):
             constexprs = {"IN": 32, "HID": 64, "OUT": 16, "THREE": three, "HALF": kernels.HALF,
                           "BLOCK": kernels.BLOCK_M, **extra}
             signature = dict(signature, **{name: "constexpr" for name in constexprs})

@@ -34,12 +34,12 @@ except ImportError:  # pragma: no cover - depends on the installation
 MAX_WIDTH = 128
 #: Rows per block.
 BLOCK_M = 64
-#: Products with bfloat16 operands (float32 sums) instead of TF32.
-HALF = False
+#: Products with bfloat16 operands (float32 sums) instead of TF32: ``RECON3D_MLP_OPERANDS=bf16``.
+HALF = os.environ.get("RECON3D_MLP_OPERANDS", "tf32") == "bf16"
 #: Warps of a forward program.
 FORWARD_WARPS = 4
 #: Warps of a backward program (its per-block activations and gradient sums share the registers).
-BACKWARD_WARPS = 8
+BACKWARD_WARPS = 4
 #: Backward programs per streaming multiprocessor (each accumulates the weight gradients of many blocks).
 PROGRAMS_PER_SM = 4
 #: ``RECON3D_MLP_KERNEL=torch`` keeps the torch layers on a GPU too.
@@ -94,7 +94,7 @@ if triton is not None:
         return tl.load(b_ptr + o, mask=o < n, other=0.0)
 
     @triton.jit
-    def _forward_kernel(x_ptr, w0, b0, w1, b1, w2, b2, y_ptr, n_rows, n_in, n_hidden, n_out,
+    def _mlp_forward_kernel(x_ptr, w0, b0, w1, b1, w2, b2, y_ptr, n_rows, n_in, n_hidden, n_out,
                         IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr, THREE: tl.constexpr,
                         HALF: tl.constexpr, BLOCK: tl.constexpr):
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -121,7 +121,7 @@ if triton is not None:
         tl.store(ptr + o[None, :] * n_in + i[:, None], grad_t, mask=(i[:, None] < n_in) & (o[None, :] < n_out))
 
     @triton.jit
-    def _backward_kernel(x_ptr, w0, b0, w1, b1, w2, b2, gy_ptr, gx_ptr, partial_ptr, n_rows, n_in, n_hidden,
+    def _mlp_backward_kernel(x_ptr, w0, b0, w1, b1, w2, b2, gy_ptr, gx_ptr, partial_ptr, n_rows, n_in, n_hidden,
                          n_out, n_blocks, partial_width, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
                          THREE: tl.constexpr, NEED_X: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
@@ -208,9 +208,9 @@ class _FusedMLP(torch.autograd.Function):
         y = torch.empty((x.shape[0], shape["n_out"]), dtype=torch.float32, device=x.device)
         if x.shape[0] > 0:
             grid = (triton.cdiv(x.shape[0], BLOCK_M),)
-            _forward_kernel[grid](x, *_weights(params), y, x.shape[0], shape["n_in"], shape["n_hidden"],
-                                  shape["n_out"], IN=shape["IN"], HID=shape["HID"], OUT=shape["OUT"],
-                                  THREE=shape["THREE"], HALF=HALF, BLOCK=BLOCK_M, num_warps=FORWARD_WARPS)
+            _mlp_forward_kernel[grid](x, *_weights(params), y, x.shape[0], shape["n_in"], shape["n_hidden"],
+                                      shape["n_out"], IN=shape["IN"], HID=shape["HID"], OUT=shape["OUT"],
+                                      THREE=shape["THREE"], HALF=HALF, BLOCK=BLOCK_M, num_warps=FORWARD_WARPS)
         ctx.save_for_backward(x, *params)
         return y
 
@@ -227,10 +227,11 @@ class _FusedMLP(torch.autograd.Function):
         partial = torch.empty((programs, sum(sizes)), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if need_x else x
         if n > 0:
-            _backward_kernel[(programs,)](x, *_weights(tuple(params)), grad_y.float().contiguous(), grad_x, partial, n,
-                                          shape["n_in"], shape["n_hidden"], shape["n_out"], n_blocks, sum(sizes),
-                                          IN=shape["IN"], HID=shape["HID"], OUT=shape["OUT"], THREE=shape["THREE"],
-                                          NEED_X=need_x, HALF=HALF, BLOCK=BLOCK_M, num_warps=BACKWARD_WARPS)
+            weights = _weights(tuple(params))
+            _mlp_backward_kernel[(programs,)](x, *weights, grad_y.float().contiguous(), grad_x, partial, n,
+                                              shape["n_in"], shape["n_hidden"], shape["n_out"], n_blocks, sum(sizes),
+                                              IN=shape["IN"], HID=shape["HID"], OUT=shape["OUT"], THREE=shape["THREE"],
+                                              NEED_X=need_x, HALF=HALF, BLOCK=BLOCK_M, num_warps=BACKWARD_WARPS)
             grads = partial.sum(dim=0).split(sizes)
         else:
             grads = tuple(torch.zeros(size, device=x.device) for size in sizes)

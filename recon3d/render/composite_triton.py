@@ -57,7 +57,7 @@ if triton is not None:
         return live, sigma * delta, delta, r, g, b, slot
 
     @triton.jit
-    def _forward_kernel(start_ptr, end_ptr, sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, out_rgb_ptr, out_opacity_ptr,
+    def _composite_forward_kernel(start_ptr, end_ptr, sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, out_rgb_ptr, out_opacity_ptr,
                         n_rays, BLOCK: tl.constexpr):
         rays = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = rays < n_rays
@@ -83,7 +83,7 @@ if triton is not None:
         tl.store(out_opacity_ptr + rays, opacity, mask=valid)
 
     @triton.jit
-    def _backward_kernel(start_ptr, end_ptr, sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, out_rgb_ptr, out_opacity_ptr,
+    def _composite_backward_kernel(start_ptr, end_ptr, sigma_ptr, rgb_ptr, t0_ptr, t1_ptr, out_rgb_ptr, out_opacity_ptr,
                          grad_rgb_ptr, grad_opacity_ptr, grad_sigma_ptr, grad_colour_ptr, n_rays, BLOCK: tl.constexpr):
         rays = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = rays < n_rays
@@ -128,8 +128,8 @@ class _Composite(torch.autograd.Function):
         rgb = torch.empty((n_rays, 3), dtype=torch.float32, device=sigmas.device)
         opacity = torch.empty((n_rays,), dtype=torch.float32, device=sigmas.device)
         if n_rays > 0:
-            _forward_kernel[_grid(n_rays)](starts, ends, sigmas, rgbs, t_starts, t_ends, rgb, opacity, n_rays,
-                                           BLOCK=BLOCK_RAYS)
+            _composite_forward_kernel[_grid(n_rays)](starts, ends, sigmas, rgbs, t_starts, t_ends, rgb, opacity,
+                                                     n_rays, BLOCK=BLOCK_RAYS)
         ctx.save_for_backward(starts, ends, sigmas, rgbs, t_starts, t_ends, rgb, opacity)
         return rgb, opacity
 
@@ -144,8 +144,9 @@ class _Composite(torch.autograd.Function):
         grad_colour = torch.zeros_like(rgbs)
         n_rays = starts.shape[0]
         if n_rays > 0:
-            _backward_kernel[_grid(n_rays)](starts, ends, sigmas, rgbs, t_starts, t_ends, rgb, opacity, grad_rgb,
-                                            grad_opacity, grad_sigma, grad_colour, n_rays, BLOCK=BLOCK_RAYS)
+            _composite_backward_kernel[_grid(n_rays)](starts, ends, sigmas, rgbs, t_starts, t_ends, rgb, opacity,
+                                                      grad_rgb, grad_opacity, grad_sigma, grad_colour, n_rays,
+                                                      BLOCK=BLOCK_RAYS)
         return None, None, grad_sigma, grad_colour, None, None
 
 
