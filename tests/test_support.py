@@ -447,3 +447,47 @@ def test_the_orientation_graph_is_sorted_where_it_fits(monkeypatch):
         monkeypatch.setattr(normals_module, "available_bytes", lambda device, free=free: free)
         assert normals_module._graph_device(gpu, edges) == expected
     assert normals_module._graph_device(cpu, 10) == cpu
+
+
+def test_vertex_components_number_components_as_scipy_does():
+    """Random meshes of several pieces, shuffled vertex numbers and vertices in no face: the same count and
+    labels as SciPy's connected_components (which the extraction no longer imports)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from recon3d.mesh.components import vertex_components
+
+    rng = np.random.default_rng(0)
+    for _trial in range(5):
+        n = 2000
+        order = rng.permutation(n)
+        pieces = [order[i:i + 150] for i in range(0, 1500, 150)]  # 10 pieces; 500 vertices in no face
+        faces = np.concatenate([rng.choice(piece, size=(300, 3)) for piece in pieces])
+        faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+        edges = np.concatenate((faces[:, :2], faces[:, 1:]))
+        graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+        want_count, want = connected_components(graph, directed=False)
+        count, labels = vertex_components(n, faces)
+        assert count == want_count and np.array_equal(labels, want)
+    assert vertex_components(4, np.zeros((0, 3), dtype=np.int64))[0] == 4
+
+
+def test_nearest_by_brute_force_matches_the_kd_tree():
+    from recon3d.mesh.support import PAIRS_PER_CHUNK, nearest
+
+    rng = np.random.default_rng(1)
+    points = rng.random((5000, 3), dtype=np.float32)
+    queries = rng.random((3000, 3), dtype=np.float32)
+    distance, index = nearest(points, queries)
+    import recon3d.mesh.support as support_module
+
+    before = support_module.PAIRS_PER_CHUNK
+    support_module.PAIRS_PER_CHUNK = 5000 * 7  # several chunks, the last one short
+    try:
+        brute_distance, brute_index = nearest(points, queries, brute_force=True)
+    finally:
+        support_module.PAIRS_PER_CHUNK = before
+    assert PAIRS_PER_CHUNK == before
+    assert np.array_equal(index, brute_index) and np.allclose(distance, brute_distance, rtol=1e-6, atol=1e-7)
+    empty = nearest(points, queries[:0], brute_force=True)
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)

@@ -218,7 +218,7 @@ def _extract(surface: Surface, lattice: Lattice, options: ExtractOptions, device
     dropped = cavities = 0
     with _timed(seconds, "cleanup"):
         if support is not None and len(faces):
-            keep, dropped = supported_faces(lattice.to_field(verts), faces, support)
+            keep, dropped = supported_faces(lattice.to_field(verts), faces, support, device=device)
             if dropped:
                 verts, faces = compact(verts, faces[keep])
         if options.drop_cavities and len(faces):
