@@ -3,13 +3,12 @@ where Triton is not installed; on a GPU the same kernels are compiled)."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kernel_check_runner import run_checks
 
 pytest.importorskip("triton")
 
@@ -18,10 +17,7 @@ CHECKS = Path(__file__).with_name("hashgrid_kernel_checks.py")
 
 @pytest.fixture(scope="module")
 def errors() -> dict[str, dict[str, float]]:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {row["case"]: row for row in json.loads(done.stdout.strip().splitlines()[-1])}
+    return {row["case"]: row for row in run_checks(CHECKS, interpret=True)}
 
 
 def test_every_level_type_is_covered(errors):
@@ -47,11 +43,7 @@ def test_half_tables_are_close(errors, name, tolerance):
 def test_kernels_compile_for_hopper():
     """The interpreter accepts code the compiler rejects (a constexpr reassigned in an unrolled loop did
     once): compile every kernel variant the encoder launches to sm_90 machine code, no GPU needed."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(CHECKS), "--compile"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    compiled = run_checks(CHECKS, "--compile", interpret=False)
     assert len(compiled) == 13 and all(line.endswith(" B") for line in compiled), compiled
     backward = [line for line in compiled if line.startswith("_backward_kernel")]
     vector = {"'F': 2": "red.relaxed.gpu.global.add.v2.f32", "'F': 4": "red.relaxed.gpu.global.add.v4.f32"}

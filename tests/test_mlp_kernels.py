@@ -3,14 +3,11 @@ installed; on a GPU the same kernels are compiled: tests/mlp_kernel_checks.py --
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from kernel_check_runner import run_checks
 
 from recon3d.fields.mlp import MLP
 from recon3d.fields.radiance import RadianceField, radiance_preset
@@ -22,10 +19,7 @@ CHECKS = Path(__file__).with_name("mlp_kernel_checks.py")
 
 @pytest.fixture(scope="module")
 def errors() -> dict[str, dict[str, float]]:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {row["case"]: row for row in json.loads(done.stdout.strip().splitlines()[-1])}
+    return {row["case"]: row for row in run_checks(CHECKS, interpret=True)}
 
 
 @pytest.mark.parametrize("name", ["density 32-64-16", "colour 32-64-64-3", "odd widths 19-24-5", "one row",
@@ -38,11 +32,7 @@ def test_fused_mlp_matches_torch(errors, name):
 
 
 def test_kernels_compile_for_hopper():
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(CHECKS), "--compile"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    compiled = run_checks(CHECKS, "--compile", interpret=False)
     assert len(compiled) == 4 and all(line.endswith(" B") for line in compiled), compiled
 
 
