@@ -11,7 +11,8 @@ bytes, not by arithmetic. Here each program keeps a block of rows in registers t
 
 Shapes: x (N, in) float32 → y (N, out) float32; 1 or 2 hidden layers of one width; in, hidden and out
 at most :data:`MAX_WIDTH` (padded to powers of two ≥ 16 inside the kernel). The products use TF32
-tensor cores (Triton's default for float32 ``tl.dot``). First order only (the backward is not itself
+tensor cores (Triton's default for float32 ``tl.dot``), or bfloat16 operands with :data:`HALF`; sums are
+float32. First order only (the backward is not itself
 differentiable). :func:`supported` says whether a given MLP and input can run here; the torch layers
 stay the CPU path and the reference in tests.
 """
