@@ -51,29 +51,27 @@ def step_times(device: torch.device, points: int, steps: int, blocks: int) -> di
     graph_optimizer = make_adam(list(graph_field.parameters()), TrainSettings(steps=1000, lr=1e-3))
     graph_step = sdf_fit.make_step(graph_field, scan, config["loss"], config["batch"], 1000, mode=mode)
     original = sdf_fit.gradient
-    precision = tf32_matmuls(tf32_wanted(False), device)  # RECON3D_TF32=1 times the step in TF32
     try:
-        precision.__enter__()
-        for block in range(blocks + 1):  # block 0 warms every method up (and captures the graph)
-            for method in times:
-                sdf_fit.gradient = functools.partial(original, jacobian=method != "autograd")
-                step = sdf_fit.make_step(field, scan, config["loss"], config["batch"], 1000)
-                for i in range(steps):
-                    synchronize(device)
-                    start = time.perf_counter()
-                    if method in ("jacobian", "autograd"):
-                        terms = step(i, generator)
-                        optimizer.zero_grad(set_to_none=True)
-                        terms["loss"].backward()
-                        optimizer.step()
-                    else:
-                        graph_step.update(block * steps + i, generator, graph_optimizer)
-                    synchronize(device)
-                    if block > 0:
-                        times[method].append(time.perf_counter() - start)
+        with tf32_matmuls(tf32_wanted(False), device):  # RECON3D_TF32=1 times the step in TF32
+            for block in range(blocks + 1):  # block 0 warms every method up (and captures the graph)
+                for method in times:
+                    sdf_fit.gradient = functools.partial(original, jacobian=method != "autograd")
+                    step = sdf_fit.make_step(field, scan, config["loss"], config["batch"], 1000)
+                    for i in range(steps):
+                        synchronize(device)
+                        start = time.perf_counter()
+                        if method in ("jacobian", "autograd"):
+                            terms = step(i, generator)
+                            optimizer.zero_grad(set_to_none=True)
+                            terms["loss"].backward()
+                            optimizer.step()
+                        else:
+                            graph_step.update(block * steps + i, generator, graph_optimizer)
+                        synchronize(device)
+                        if block > 0:
+                            times[method].append(time.perf_counter() - start)
     finally:
         sdf_fit.gradient = original
-        precision.__exit__(None, None, None)
     return times
 
 

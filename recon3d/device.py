@@ -55,6 +55,17 @@ def tf32_matmuls(enabled: bool, device: torch.device | str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
+def triton_interpreting() -> bool:
+    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``, set by the kernel tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_can_run(x: torch.Tensor) -> bool:
+    """Whether a Triton kernel can take ``x``: a CUDA tensor, or any tensor under Triton's CPU interpreter.
+    Callers check this before importing their kernel module, so a CPU run never imports Triton."""
+    return x.is_cuda or triton_interpreting()
+
+
 def release_cached_memory(device: torch.device | str) -> None:
     """Give the CUDA caching allocator's free blocks back before a retry with a smaller chunk."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():

@@ -1,15 +1,16 @@
 """Compares the Triton compositing kernels (recon3d.render.composite_triton) with the torch path
 (recon3d.render.compositing.composite_packed); run where TRITON_INTERPRET=1 was set before Triton was
-imported (tests/test_composite_kernels.py does so), or with ``--device cuda`` compiled on a GPU. Prints one
+imported (tests/test_composite_kernels.py does so), or with ``--device cuda`` compiled on a GPU (``--compile``:
+for sm_90 without a GPU). Prints one
 JSON object: the largest relative error of rgb, opacity and the gradients of σ and colour."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
+from kernel_check_runner import compile_sm90, device_argument
 
 from recon3d.render.composite_triton import available, composite_ranges
 from recon3d.render.compositing import composite_packed
@@ -19,9 +20,27 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def compile_for_hopper() -> list[str]:
+    """Compile both kernels for sm_90 with Triton's bundled compiler (no GPU)."""
+    from recon3d.render import composite_triton as kernels
+
+    common = {"start_ptr": "*i64", "end_ptr": "*i64", "sigma_ptr": "*fp32", "rgb_ptr": "*fp32", "t0_ptr": "*fp32",
+              "t1_ptr": "*fp32", "out_rgb_ptr": "*fp32", "out_opacity_ptr": "*fp32"}
+    forward = dict(common, n_rays="i32")
+    backward = dict(common, grad_rgb_ptr="*fp32", grad_opacity_ptr="*fp32", grad_sigma_ptr="*fp32",
+                    grad_colour_ptr="*fp32", n_rays="i32")
+    done = []
+    for fn, signature in ((kernels._composite_forward_kernel, forward), (kernels._composite_backward_kernel, backward)):
+        compiled = compile_sm90(fn, signature, {"BLOCK": kernels.BLOCK_RAYS})
+        done.append(f"{fn.__name__}: {len(compiled.asm['cubin'])} B")
+    return done
+
+
 def main() -> None:
-    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
-    assert device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
+    if "--compile" in sys.argv:
+        print(json.dumps(compile_for_hopper()))
+        return
+    device = device_argument()
     torch.manual_seed(0)
     counts = torch.tensor([0, 1, 5, 17, 0, 3, 200, 2] * 40)  # empty rays, one sample, long rays; 320 rays
     n_rays = len(counts)

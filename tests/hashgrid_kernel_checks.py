@@ -11,6 +11,7 @@ import re
 import sys
 
 import torch
+from kernel_check_runner import compile_sm90, device_argument
 
 from recon3d.fields.encodings import KERNEL_ENV, HashGridEncoding
 
@@ -65,10 +66,6 @@ def case(name: str, n_features: int, log2_table: int, active: int | None, table_
 def compile_for_hopper() -> list[str]:
     """Compile the kernels to sm_90 machine code without a GPU (Triton's bundled ptxas): catches what the
     interpreter lets through (constexpr rules, types) before a GPU call does."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from recon3d.fields import hashgrid_triton as kernels
 
     common = {"x_ptr": "*fp32", "table_ptr": "*fp32", "res_ptr": "*fp32", "offset_ptr": "*i64", "dense_ptr": "*i32",
@@ -84,9 +81,7 @@ def compile_for_hopper() -> list[str]:
                  for vector, features in ((False, 2), (True, 2), (True, 4))]
     done = []
     for fn, signature, flags in variants:
-        constexprs = {"N_LEVELS": 16, "F": 2, "BLOCK_N": 128, **flags}
-        signature = dict(signature, **{name: "constexpr" for name in constexprs})
-        compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+        compiled = compile_sm90(fn, signature, {"N_LEVELS": 16, "F": 2, "BLOCK_N": 128, **flags})
         reductions = sorted(set(re.findall(r"\bred\.[\w.]+", compiled.asm["ptx"])))
         done.append(f"{fn.__name__} {signature['table_ptr']} {flags} {reductions}: {len(compiled.asm['cubin'])} B")
     return done
@@ -96,8 +91,7 @@ def main() -> None:
     if "--compile" in sys.argv:
         print(json.dumps(compile_for_hopper()))
         return
-    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
-    assert device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
+    device = device_argument()
     specs = [("dense+hashed F2", 2, 10, None, "float32"), ("all dense F2", 2, 20, None, "float32"),
              ("all hashed F4", 4, 5, None, "float32"), ("coarse-to-fine 2 of 5", 2, 10, 2, "float32"),
              ("F1", 1, 10, None, "float32"), ("fp16 table", 2, 10, None, "float16"),

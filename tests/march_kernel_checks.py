@@ -17,14 +17,11 @@ import os
 import sys
 
 import torch
+from kernel_check_runner import compile_sm90, device_argument
 
 
 def compile_for_hopper() -> list[str]:
     """Compile the kernels to sm_90 machine code without a GPU (Triton's bundled ptxas)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from recon3d.render import march_triton as kernels
 
     scalars = {name: "fp32" for name in ("lo_x", "lo_y", "lo_z", "size_x", "size_y", "size_z", "hi_x", "hi_y",
@@ -36,9 +33,7 @@ def compile_for_hopper() -> list[str]:
                  n_rays="i32", **scalars, resolution="i32")
     done = []
     for fn, signature in ((kernels._count_kernel, count), (kernels._write_kernel, write)):
-        constexprs = {"BLOCK_R": kernels.BLOCK_RAYS, "BLOCK_K": kernels.BLOCK_STEPS}
-        signature = dict(signature, **{name: "constexpr" for name in constexprs})
-        compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+        compiled = compile_sm90(fn, signature, {"BLOCK_R": kernels.BLOCK_RAYS, "BLOCK_K": kernels.BLOCK_STEPS})
         done.append(f"{fn.__name__}: {len(compiled.asm['cubin'])} B")
     return done
 
@@ -96,8 +91,7 @@ def main() -> None:
     if "--compile" in sys.argv:
         print(json.dumps(compile_for_hopper()))
         return
-    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
-    assert device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 to run on the CPU"
+    device = device_argument()
     print(json.dumps(compare(device)))
 
 

@@ -7,10 +7,10 @@ kernels for sm_90 without a GPU and reports ptxas's register and spill figures."
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
+from kernel_check_runner import compile_sm90, device_argument
 
 from recon3d.fields.mlp import MLP
 
@@ -47,10 +47,6 @@ def case(name: str, n_in: int, hidden: int, n_out: int, layers: int, rows: int, 
 def compile_for_hopper() -> list[str]:
     """Compile both kernels for sm_90 with Triton's bundled compiler (no GPU): catches what the interpreter
     lets through."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from recon3d.fields import mlp_triton as kernels
 
     weights = {f"{kind}{i}": "*fp32" for i in range(3) for kind in ("w", "b")}
@@ -64,9 +60,8 @@ def compile_for_hopper() -> list[str]:
                                      (kernels._mlp_backward_kernel, backward, {"NEED_X": True})):
             constexprs = {"IN": 32, "HID": 64, "OUT": 16, "THREE": three, "HALF": kernels.HALF,
                           "BLOCK": kernels.BLOCK_M, **extra}
-            signature = dict(signature, **{name: "constexpr" for name in constexprs})
-            compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": kernels.BACKWARD_WARPS if extra else kernels.FORWARD_WARPS})
+            compiled = compile_sm90(fn, signature, constexprs,
+                                    kernels.BACKWARD_WARPS if extra else kernels.FORWARD_WARPS)
             done.append(f"{fn.__name__} THREE={three}: {len(compiled.asm['cubin'])} B")
     return done
 
@@ -75,8 +70,7 @@ def main() -> None:
     if "--compile" in sys.argv:
         print(json.dumps(compile_for_hopper()))
         return
-    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
-    assert device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
+    device = device_argument()
     print(json.dumps([case(*spec, device=device) for spec in CASES]))
 
 

@@ -19,3 +19,8 @@ def test_fused_compositing_matches_the_torch_path():
     errors = run_checks(CHECKS, interpret=True)
     assert errors.pop("spare_slot_gradients") == 0.0
     assert all(value < 1e-5 for value in errors.values()), errors
+
+
+def test_kernels_compile_for_hopper():
+    compiled = run_checks(CHECKS, "--compile", interpret=False)
+    assert len(compiled) == 2 and all(line.endswith(" B") for line in compiled), compiled

@@ -20,6 +20,8 @@ import os
 import torch
 from torch import nn
 
+from recon3d.device import triton_can_run
+
 #: The hash grid runs through the Triton kernels wherever they can run (a CUDA device with Triton);
 #: ``RECON3D_HASHGRID_KERNEL=torch`` keeps the torch path everywhere.
 KERNEL_ENV = "RECON3D_HASHGRID_KERNEL"
@@ -149,7 +151,7 @@ class HashGridEncoding(nn.Module):
         """The Triton module and this grid's level constants when the kernels serve ``x``, else None."""
         if os.environ.get(KERNEL_ENV, "triton") == "torch" or torch.are_deterministic_algorithms_enabled():
             return None  # the kernels accumulate gradients with atomics: not bitwise reproducible
-        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        if not triton_can_run(x):
             return None  # on the CPU Triton is not even imported (a third of a second)
         try:
             from recon3d.fields import hashgrid_triton

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from recon3d.device import triton_can_run, triton_interpreting
+
 try:  # Triton ships with CUDA builds of torch; the CPU build runs the torch encoding instead
     import triton
     import triton.language as tl
@@ -53,7 +55,7 @@ def available(x: torch.Tensor, n_features: int) -> bool:
     interpreter switched on, for tests), and a power-of-two feature count."""
     if triton is None or n_features & (n_features - 1):
         return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_can_run(x)
 
 
 if triton is not None:
@@ -246,7 +248,7 @@ def vector_add(device: torch.device, n_features: int) -> bool:
     not Triton's CPU interpreter (no inline assembly there), unless ``RECON3D_VECTOR_ATOMICS=0``."""
     if n_features not in (2, 4) or device.type != "cuda" or os.environ.get("RECON3D_VECTOR_ATOMICS") == "0":
         return False
-    return os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9
+    return not triton_interpreting() and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _grid(n_points: int) -> tuple[int]:

@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
+
+from recon3d.device import triton_can_run
 
 
 class Sine(nn.Module):
@@ -110,7 +111,7 @@ class MLP(nn.Module):
         if not self.fused or self.skip_layers or self.first_scale != 1.0 or not self.acts \
                 or not isinstance(self.acts[0], nn.ReLU):
             return False
-        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or x.dim() != 2:
+        if not triton_can_run(x) or x.dim() != 2:
             return False
         from recon3d.fields import mlp_triton  # imports Triton: only where it can run
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from recon3d.device import triton_can_run
+
 try:  # Triton ships with CUDA builds of torch
     import triton
     import triton.language as tl
@@ -53,7 +55,7 @@ def supported(x: torch.Tensor, layers: list[torch.nn.Linear]) -> bool:
     ones of one width, every width ≤ :data:`MAX_WIDTH`."""
     if triton is None or os.environ.get(KERNEL_ENV) == "torch" or x.dtype != torch.float32:
         return False
-    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not triton_can_run(x):
         return False
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
         return False

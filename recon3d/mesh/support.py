@@ -20,8 +20,6 @@ from recon3d.mesh.components import vertex_components
 
 #: A component is kept when at least this fraction of its vertices is near the scan.
 MIN_SUPPORTED_FRACTION = 0.5
-
-
 #: Query × support pairs a GPU compares at once when it finds each vertex's nearest support point.
 PAIRS_PER_CHUNK = 1 << 26
 

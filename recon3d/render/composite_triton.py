@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from recon3d.device import triton_can_run
+
 try:  # Triton ships with CUDA builds of torch
     import triton
     import triton.language as tl
@@ -39,7 +41,7 @@ def available(x: torch.Tensor) -> bool:
     tests), unless ``RECON3D_COMPOSITE_KERNEL=torch``."""
     if triton is None or os.environ.get("RECON3D_COMPOSITE_KERNEL") == "torch":
         return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_can_run(x)
 
 
 if triton is not None:

@@ -27,19 +27,25 @@ from recon3d.render.samplers import OccupancyGrid
 class FixedSamples:
     """Packed samples in ``capacity`` slots, sorted by ray then t; padding slots have ray index R.
 
-    ray_indices: (C,) int64; t_starts, t_ends: (C,); fits: (R,) bool, every sample of the ray is
-    in the buffer; samples: () int64, the samples the rays have (the slots in use up to ``capacity``);
-    ray_ends: (R,) one past each ray's last slot, and per_ray: (R,) its sample count, before clipping to
-    ``capacity`` (:meth:`slot_ranges`).
+    ray_indices: (C,) int64; t_starts, t_ends: (C,); ray_ends: (R,) one past each ray's last slot, and
+    per_ray: (R,) its sample count, before clipping to ``capacity`` (C).
     """
 
     ray_indices: Tensor
     t_starts: Tensor
     t_ends: Tensor
-    fits: Tensor
-    samples: Tensor
     ray_ends: Tensor
     per_ray: Tensor
+
+    @property
+    def fits(self) -> Tensor:
+        """(R,) bool: every sample of the ray is in the buffer."""
+        return (self.ray_ends <= self.ray_indices.shape[0]) | (self.per_ray == 0)
+
+    @property
+    def samples(self) -> Tensor:
+        """() int64: the samples the rays have (the slots in use, up to ``capacity``)."""
+        return self.ray_ends[-1]
 
     def slot_ranges(self) -> tuple[Tensor, Tensor]:
         """(starts, ends), each (R,) int64: the slots [start, end) of each ray's samples in the buffer."""
@@ -75,7 +81,7 @@ def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset
     if march_triton.available(origins):
         rays, starts, stops, per_ray, ends = march_triton.march_packed(grid, origins, directions, t0, t1, offset,
                                                                        counts, step, capacity)
-        return FixedSamples(rays, starts, stops, (ends <= capacity) | (per_ray == 0), ends[-1], ends, per_ray)
+        return FixedSamples(rays, starts, stops, ends, per_ray)
     k = torch.arange(limit, device=device, dtype=t0.dtype)
     t_starts = t0[:, None] + (k + offset[:, None]) * step  # (R, K)
     t_ends = torch.minimum(t_starts + step, t1[:, None])
@@ -91,7 +97,5 @@ def march_fixed(grid: OccupancyGrid, origins: Tensor, directions: Tensor, offset
         out = torch.full((capacity + 1,), fill, dtype=values.dtype, device=device)
         return out.scatter_(0, slot, values.reshape(-1))[:capacity]
 
-    fits = (ends <= capacity) | (per_ray == 0)
-    return FixedSamples(packed(rays, n_rays), packed(t_starts, 0.0), packed(t_ends, 0.0), fits, ends[-1], ends,
-                        per_ray)
+    return FixedSamples(packed(rays, n_rays), packed(t_starts, 0.0), packed(t_ends, 0.0), ends, per_ray)
 

@@ -17,6 +17,8 @@ import os
 import torch
 from torch import Tensor
 
+from recon3d.device import triton_can_run
+
 try:  # Triton ships with CUDA builds of torch; elsewhere the torch marcher runs
     import triton
     import triton.language as tl
@@ -33,7 +35,7 @@ def available(origins: Tensor) -> bool:
     CPU interpreter switched on, for tests), and ``RECON3D_MARCH_KERNEL`` not ``torch``."""
     if triton is None or os.environ.get("RECON3D_MARCH_KERNEL", "triton") == "torch":
         return False
-    return origins.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_can_run(origins)
 
 
 if triton is not None:
