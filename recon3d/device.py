@@ -8,6 +8,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -109,10 +110,10 @@ def map_in_chunks(fn: Callable[[int, int], T], n: int, chunk: int, device: torch
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """Map ``auto|cpu|cuda[:N]`` (or a torch.device) to a torch device, with a clear error when CUDA is absent.
-    On a GPU, Triton's cache key is started in the background (recon3d.fields.hashgrid_triton)."""
+    On a GPU, Triton's cache key is started in the background (:func:`start_kernel_key`)."""
     device = _resolve(name)
     if device.type == "cuda":
-        _start_kernel_key()
+        start_kernel_key()
     return device
 
 
@@ -132,16 +133,22 @@ def _resolve(name: str | torch.device | None) -> torch.device:
 
 
 @functools.cache
-def _start_kernel_key() -> None:
-    """Once per process, unless the torch encoding is asked for: the hash grid's kernels will run."""
+def start_kernel_key() -> None:
+    """Once per process, unless the torch encoding is asked for: compute Triton's cache key on a thread. A
+    process's first Triton launch hashes Triton's own files for it (0.4 s on an H100 machine, most of it
+    the 500 MB compiler library), which then overlaps whatever the process does before that launch. The
+    thread imports Triton itself: started after torch's import (recon3d.launch), never beside it."""
     if os.environ.get("RECON3D_HASHGRID_KERNEL", "triton") == "torch":
         return
+    threading.Thread(target=_kernel_key, daemon=True, name="triton-key").start()
+
+
+def _kernel_key() -> None:
     try:
-        from recon3d.fields import hashgrid_triton
-    except ImportError:  # pragma: no cover - Triton present but broken
+        from triton.runtime.cache import triton_key
+    except ImportError:  # the CPU build of torch ships no Triton; a Triton that keeps the key elsewhere
         return
-    if hashgrid_triton.triton is not None:
-        hashgrid_triton.key_in_background()
+    triton_key()
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,5 +1,7 @@
 """The ``recon3d`` console entry: checks the one thing it can without importing torch (an input path
-right after a command that reads one), so a typo fails at once, then runs the CLI."""
+right after a command that reads one), so a typo fails at once; starts the GPU's context on a thread while
+torch imports, and Triton's cache key on another once torch is in; runs the CLI; ends the process without
+the interpreter's teardown (recon3d.process)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def main() -> None:
     if message is not None:
         print(message, file=sys.stderr)
         raise SystemExit(1)
-    from recon3d.cli import main as cli_main
+    from recon3d.process import end_process, warm_gpu
 
-    cli_main()
+    gpu = warm_gpu(sys.argv[1:])
+    from recon3d.cli import main as cli_main  # imports torch
+
+    if gpu is not None:
+        from recon3d.device import start_kernel_key
+
+        start_kernel_key()
+    try:
+        cli_main()
+    except SystemExit as exc:
+        end_process(exc.code)

@@ -54,7 +54,7 @@ def test_kernels_compile_for_hopper():
 
 
 def test_the_cache_key_is_computed_in_the_background():
-    """key_in_background leaves Triton's cache key computed (and cached) by a thread, so the first launch
+    """start_kernel_key leaves Triton's cache key computed (and cached) by a thread, so the first launch
     in the main thread finds it; a CPU device starts nothing."""
     code = (
         "import threading\n"
@@ -62,8 +62,8 @@ def test_the_cache_key_is_computed_in_the_background():
         "from recon3d.device import resolve_device\n"
         "resolve_device('cpu')\n"
         "print(triton_key.cache_info().currsize, [t.name for t in threading.enumerate() if t.name == 'triton-key'])\n"
-        "from recon3d.fields import hashgrid_triton\n"
-        "hashgrid_triton.key_in_background()\n"
+        "from recon3d.device import start_kernel_key\n"
+        "start_kernel_key()\n"
         "[t.join() for t in threading.enumerate() if t.name == 'triton-key']\n"
         "print(triton_key.cache_info().currsize)\n"
     )

@@ -5,6 +5,7 @@ Imports nothing of fit, mesh, render or cli.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from recon3d.fields.implicit import OccupancyField, SignedDistanceField
@@ -26,4 +27,14 @@ def build_field(kind: str, config: dict) -> nn.Module:
     return FIELDS[kind](**config)
 
 
-__all__ = ["FIELDS", "Surface", "build_field"]
+def load_field(checkpoint: dict, device: torch.device) -> nn.Module:
+    """The trained field of a checkpoint, on ``device``, in eval mode. Built on ``device`` itself: its random
+    initial weights (a hash table of millions of rows) are made there and overwritten, not made on the CPU and
+    copied over."""
+    with torch.device(device):
+        field = build_field(checkpoint["kind"], checkpoint["field"])
+    field.load_state_dict(checkpoint["state_dict"])
+    return field.to(device).eval()
+
+
+__all__ = ["FIELDS", "Surface", "build_field", "load_field"]

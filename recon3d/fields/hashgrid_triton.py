@@ -21,7 +21,6 @@ Importing this module needs Triton; :func:`available` says whether it can run fo
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import torch
@@ -38,16 +37,6 @@ except ImportError:  # pragma: no cover - depends on the installation
 #: Points per program. Each program walks every level for its points, so x is read once and ∂/∂x
 #: is summed over levels in registers.
 BLOCK = 128
-
-
-def key_in_background() -> None:
-    """Start Triton's cache key on a thread: a process's first kernel launch hashes Triton's own files for
-    it (0.4 s on an H100 machine), which then overlaps whatever the caller does before its first launch."""
-    try:
-        from triton.runtime.cache import triton_key
-    except ImportError:  # pragma: no cover - a Triton that keeps it elsewhere, or none
-        return
-    threading.Thread(target=triton_key, daemon=True, name="triton-key").start()
 
 
 def available(x: torch.Tensor, n_features: int) -> bool:

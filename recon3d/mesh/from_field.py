@@ -13,7 +13,7 @@ import torch
 from recon3d.console import warn
 from recon3d.device import MIN_CHUNK, map_in_chunks
 from recon3d.errors import Recon3dError
-from recon3d.fields import build_field
+from recon3d.fields import load_field
 from recon3d.fields.gradient import autograd_gradient
 from recon3d.fields.surface import Surface
 from recon3d.memory import field_point_bytes
@@ -44,13 +44,6 @@ class MeshOptions(ExtractOptions):
         super().validate()
         if self.faces is not None:
             check_faces(self.faces)
-
-
-def load_field(checkpoint: dict, device: torch.device) -> torch.nn.Module:
-    """The trained field of a checkpoint, on ``device``, in eval mode."""
-    field = build_field(checkpoint["kind"], checkpoint["field"])
-    field.load_state_dict(checkpoint["state_dict"])
-    return field.to(device).eval()
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from recon3d.errors import InputError, one_line
-from recon3d.fields import FIELDS, build_field
+from recon3d.fields import FIELDS, load_field
 from recon3d.io.schema import Invalid, box, choice, integer, mapping, real, tensor_like
 from recon3d.render import renderer as volume
 from recon3d.render.renderer import Sampling
@@ -122,9 +122,7 @@ def load_renderer(checkpoint: dict, device: torch.device, source: str = "model")
                          "command needs nerf, or an sdf / occupancy field fitted to images")
     check_render_config(checkpoint, source)
     config = checkpoint["train"]["config"]
-    field = build_field(checkpoint["kind"], checkpoint["field"])
-    field.load_state_dict(checkpoint["state_dict"])
-    field = field.to(device).eval()
+    field = load_field(checkpoint, device)
     grid = make_grid(config, device)
     if grid is not None and "grid" in checkpoint:
         grid.load_state_dict(checkpoint["grid"])
@@ -140,9 +138,7 @@ def _surface_renderer(checkpoint: dict, kind: str, device: torch.device, source:
     if checkpoint["kind"] != SURFACE_SAMPLING[kind] or "appearance" not in checkpoint["field"]:
         raise InputError(f"{source}: train.config.sampling.kind {kind!r} does not fit a {checkpoint['kind']} field "
                          "without colours")
-    field = build_field(checkpoint["kind"], checkpoint["field"])
-    field.load_state_dict(checkpoint["state_dict"])
-    field = field.to(device).eval()
+    field = load_field(checkpoint, device)
     bounds = torch.as_tensor(checkpoint["bounds"], dtype=torch.float32)
     if kind == "surface":
         config = checkpoint["train"]["config"]
