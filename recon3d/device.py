@@ -109,15 +109,7 @@ def map_in_chunks(fn: Callable[[int, int], T], n: int, chunk: int, device: torch
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """Map ``auto|cpu|cuda[:N]`` (or a torch.device) to a torch device, with a clear error when CUDA is absent.
-    On a GPU, Triton's cache key is started in the background (:func:`start_kernel_key`)."""
-    device = _resolve(name)
-    if device.type == "cuda":
-        start_kernel_key()
-    return device
-
-
-def _resolve(name: str | torch.device | None) -> torch.device:
+    """Map ``auto|cpu|cuda[:N]`` (or a torch.device) to a torch device, with a clear error when CUDA is absent."""
     if isinstance(name, torch.device):
         name = str(name)
     name = (name or "auto").strip().lower()
@@ -136,8 +128,10 @@ def _resolve(name: str | torch.device | None) -> torch.device:
 def start_kernel_key() -> None:
     """Once per process, unless the torch encoding is asked for: compute Triton's cache key on a thread. A
     process's first Triton launch hashes Triton's own files for it (0.4 s on an H100 machine, most of it
-    the 500 MB compiler library), which then overlaps whatever the process does before that launch. The
-    thread imports Triton itself: started after torch's import (recon3d.launch), never beside it."""
+    the 500 MB compiler library), which then overlaps whatever the process does before that launch (a fit's
+    preparation). The thread imports Triton itself: started after torch's import (recon3d.launch, a fit),
+    never beside it. Its Python parts compete with the main thread's, so only work that will launch the
+    kernels starts it."""
     if os.environ.get("RECON3D_HASHGRID_KERNEL", "triton") == "torch":
         return
     threading.Thread(target=_kernel_key, daemon=True, name="triton-key").start()

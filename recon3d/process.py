@@ -25,6 +25,8 @@ from typing import NoReturn
 
 #: Commands that may run on a GPU (their ``--device`` decides).
 GPU_COMMANDS = frozenset({"fit-sdf", "fit-occupancy", "fit-nerf", "mesh", "extract-mesh", "render", "demo"})
+#: Commands that surely run the Triton kernels (they train or render); a one-shot extract-mesh does not.
+KERNEL_COMMANDS = frozenset({"fit-sdf", "fit-occupancy", "fit-nerf", "mesh", "render", "demo"})
 QUICK_EXIT_ENV = "RECON3D_QUICK_EXIT"
 
 

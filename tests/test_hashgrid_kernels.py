@@ -55,7 +55,8 @@ def test_kernels_compile_for_hopper():
 
 def test_the_cache_key_is_computed_in_the_background():
     """start_kernel_key leaves Triton's cache key computed (and cached) by a thread, so the first launch
-    in the main thread finds it; a CPU device starts nothing."""
+    in the main thread finds it; resolving a device starts nothing (only work that will launch the kernels
+    does: a fit on a GPU, a command that trains or renders)."""
     code = (
         "import threading\n"
         "from triton.runtime.cache import triton_key\n"
@@ -70,3 +71,36 @@ def test_the_cache_key_is_computed_in_the_background():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["0", "[]", "1"]
+
+
+def test_a_fresh_process_extracts_with_the_torch_encoding(monkeypatch):
+    """extract-mesh's one-shot evaluation: in a process that has not run the kernels, every hash grid of the
+    loaded field takes the torch path (their start-up would not pay), except for a dense lattice too large;
+    once the kernels have run (a fit in the same process) they keep serving it."""
+    import torch
+
+    from recon3d.fields import build_field, hashgrid_triton
+    from recon3d.fields.encodings import HashGridEncoding
+    from recon3d.mesh.from_field import COLD_TORCH_POINTS, MeshOptions, cold_kernels
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernels "can run" on this CPU
+    cpu = torch.device("cpu")
+    config = {"encoding": {"type": "hashgrid", "n_levels": 4, "log2_table_size": 10, "max_resolution": 64},
+              "mlp": {"hidden": 16, "n_layers": 1}}
+    x = torch.rand(16, 3) * 2 - 1
+
+    def grids(options: MeshOptions, launched: bool) -> list[str]:
+        monkeypatch.setattr(hashgrid_triton, "launched", launched)
+        field = build_field("sdf", config)
+        cold_kernels(field, options, cpu)
+        return [module.kernel for module in field.modules() if isinstance(module, HashGridEncoding)]
+
+    assert grids(MeshOptions(resolution=2048), launched=False) == ["torch"]
+    big = round(COLD_TORCH_POINTS ** (1 / 3)) + 2
+    assert grids(MeshOptions(resolution=big, method="dense"), launched=False) == ["auto"]
+    assert grids(MeshOptions(resolution=128, method="dense"), launched=False) == ["torch"]
+    assert grids(MeshOptions(resolution=256), launched=True) == ["auto"]
+    encoding = HashGridEncoding(n_levels=4, log2_table_size=10, max_resolution=64)
+    assert encoding._kernels(x) is hashgrid_triton
+    encoding.kernel = "torch"
+    assert encoding._kernels(x) is None

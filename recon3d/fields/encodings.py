@@ -113,6 +113,9 @@ class HashGridEncoding(nn.Module):
         if table_dtype not in _TABLE_DTYPES:
             raise ValueError(f"table_dtype {table_dtype!r}: one of {', '.join(_TABLE_DTYPES)}")
         self.table_dtype = _TABLE_DTYPES[table_dtype]
+        #: "auto": the Triton kernels wherever they can run; "torch": this module's own path (a one-shot
+        #: evaluation in a fresh process, recon3d.mesh.from_field.cold_kernels).
+        self.kernel = "auto"
         self._kernel_levels: tuple | None = None  # (device, LevelTable) for the Triton kernels
         self._read_copy = None
         self.n_levels = n_levels
@@ -149,7 +152,8 @@ class HashGridEncoding(nn.Module):
 
     def _kernels(self, x: torch.Tensor):
         """The Triton module and this grid's level constants when the kernels serve ``x``, else None."""
-        if os.environ.get(KERNEL_ENV, "triton") == "torch" or torch.are_deterministic_algorithms_enabled():
+        if (self.kernel == "torch" or os.environ.get(KERNEL_ENV, "triton") == "torch"
+                or torch.are_deterministic_algorithms_enabled()):
             return None  # the kernels accumulate gradients with atomics: not bitwise reproducible
         if not triton_can_run(x):
             return None  # on the CPU Triton is not even imported (a third of a second)

@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
+#: Whether this process has run the kernels (then their start-up is paid: Triton's cache key, loading).
+launched = False
+
 #: Points per program. Each program walks every level for its points, so x is read once and ∂/∂x
 #: is summed over levels in registers.
 BLOCK = 128
@@ -333,10 +336,14 @@ class ReadCopy:
 def encode(x: torch.Tensor, table: torch.Tensor, levels: LevelTable, read_copy: ReadCopy,
            table_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """h(x): (N, 3) points in [-1, 1]³ -> (N, L·F) float32, differentiable in ``table`` (T, F) and x."""
+    global launched
+    launched = True
     return _Encode.apply(x, table, read_copy(table, table_dtype), levels)
 
 
 def encode_with_jacobian(x: torch.Tensor, table: torch.Tensor, levels: LevelTable, read_copy: ReadCopy,
                          table_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """h(x) (N, L·F) and ∂h/∂x (N, L·F, 3), float32, differentiable in ``table``; x is not."""
+    global launched
+    launched = True
     return _EncodeWithJacobian.apply(x, table, read_copy(table, table_dtype), levels)

@@ -21,6 +21,7 @@ import torch
 
 from recon3d import __version__, distributed
 from recon3d.console import stage
+from recon3d.device import start_kernel_key
 from recon3d.errors import Recon3dError
 from recon3d.fields import build_field
 from recon3d.fit.loop import Sharding, Trainer, TrainState, hold_signals
@@ -80,6 +81,8 @@ def train(method: Method | str, data: Any, options: FitOptions, device: torch.de
     An interrupted run's checkpoint holds its ``resume`` state. See :func:`fit` for the arguments."""
     method = get_method(method) if isinstance(method, str) else method
     check_fit_options(options)
+    if device.type == "cuda":
+        start_kernel_key()  # overlaps the preparation
     run = FitRun(config=run_config(method, options, data, device, resume), options=options, device=device,
                  source=source, resume=resume)
     torch.manual_seed(run.config["settings"].seed)
