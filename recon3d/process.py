@@ -1,16 +1,15 @@
 """The command's process around the work, without torch: start the GPU's driver while torch imports, and end
-without the interpreter's teardown.
+without the interpreter's teardown (measurements: CHANGELOG, issue 20).
 
-- :func:`warm_gpu`: a GPU command spends about 1.2 s importing torch and then about 0.3 s creating the GPU's
-  context on its first CUDA call. The driver's context does not need torch: a thread creates it through the
-  driver API (``cuInit``, ``cuDevicePrimaryCtxRetain``; ctypes releases the interpreter's lock during the
-  calls) while the main thread imports torch, and torch's runtime later finds the primary context ready.
-- :func:`end_process`: after the command, the interpreter's teardown (freeing every module, torch's C++
-  static destructors unregistering thousands of operators, the CUDA context's destruction) took about 0.5 s
-  on an H100 machine and 0.2–0.5 s on a 2-core CPU. What a normal exit does that matters — waiting for
-  non-daemon threads, ``atexit`` handlers (temporary files, logging), flushing stdout and stderr — is done
-  here, then the process ends with ``os._exit``. ``RECON3D_QUICK_EXIT=0`` restores the normal exit (for
-  tools that write their report at teardown, such as ``python -m cProfile``).
+- :func:`warm_gpu`: creating the GPU's context takes a noticeable part of a short command's start. It does not
+  need torch: a thread creates the primary context through the driver API (``cuInit``,
+  ``cuDevicePrimaryCtxRetain``; ctypes releases the interpreter's lock during the calls) while the main
+  thread imports torch, and torch's runtime later finds that context ready.
+- :func:`end_process`: the interpreter's teardown after the command (freeing every module, torch's C++ static
+  destructors, the CUDA context's destruction) costs a short command up to half a second. What a normal exit
+  does that matters — waiting for non-daemon threads, ``atexit`` handlers (temporary files, logging),
+  flushing stdout and stderr — is done here, then the process ends with ``os._exit``.
+  ``RECON3D_QUICK_EXIT=0`` keeps the normal exit (for tools that report at teardown, ``python -m cProfile``).
 """
 
 from __future__ import annotations

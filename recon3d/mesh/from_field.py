@@ -25,8 +25,8 @@ from recon3d.mesh.extract import ExtractOptions, default_resolution, extract_mes
 from recon3d.types import TriMesh
 
 #: A one-shot extraction in a fresh process evaluates the hash grid with the torch encoding unless its dense
-#: lattice has more points than this (a sparse extraction queries far fewer): the Triton kernels' start-up in a
-#: process cost 0.5–0.9 s on an H100 machine, the torch encoding about 8 ms more per million points.
+#: lattice has more points than this (a sparse one queries far fewer): the Triton kernels' start-up is paid
+#: once per process, the torch encoding's extra cost per point (CHANGELOG, issue 20).
 COLD_TORCH_POINTS = 2**26
 
 #: A mesh is "tiny" (and said so) below TINY_FACES · resolution² faces, or when its box's diagonal is below
