@@ -132,7 +132,9 @@ def start_kernel_key() -> None:
     preparation). The thread imports Triton itself: started after torch's import (recon3d.launch, a fit),
     never beside it. Its Python parts compete with the main thread's, so only work that will launch the
     kernels starts it."""
-    if os.environ.get("RECON3D_HASHGRID_KERNEL", "triton") == "torch":
+    from recon3d.fields.encodings import KERNEL_ENV  # here: that module imports this one
+
+    if os.environ.get(KERNEL_ENV, "triton") == "torch":
         return
     threading.Thread(target=_kernel_key, daemon=True, name="triton-key").start()
 

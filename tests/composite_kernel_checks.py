@@ -6,11 +6,8 @@ JSON object: the largest relative error of rgb, opacity and the gradients of σ 
 
 from __future__ import annotations
 
-import json
-import sys
-
 import torch
-from kernel_check_runner import compile_sm90, device_argument
+from kernel_check_runner import check_main, compile_sm90
 
 from recon3d.render.composite_triton import available, composite_ranges
 from recon3d.render.compositing import composite_packed
@@ -36,11 +33,8 @@ def compile_for_hopper() -> list[str]:
     return done
 
 
-def main() -> None:
-    if "--compile" in sys.argv:
-        print(json.dumps(compile_for_hopper()))
-        return
-    device = device_argument()
+def checks(device: str) -> dict[str, float]:
+    """The kernels against composite_packed on ``device``: relative errors, and spare slots' gradients."""
     torch.manual_seed(0)
     counts = torch.tensor([0, 1, 5, 17, 0, 3, 200, 2] * 40)  # empty rays, one sample, long rays; 320 rays
     n_rays = len(counts)
@@ -67,10 +61,10 @@ def main() -> None:
     want = torch.autograd.grad((ref.rgb[:n_rays] * grad_rgb).sum() + (ref.opacity[:n_rays] * grad_opacity).sum(),
                                [sigmas, colours])
     spare = slice(int(ends[-1]), slots)
-    print(json.dumps({"rgb": relative(rgb, ref.rgb[:n_rays]), "opacity": relative(opacity, ref.opacity[:n_rays]),
-                      "grad_sigma": relative(got[0], want[0]), "grad_colour": relative(got[1], want[1]),
-                      "spare_slot_gradients": float(got[0][spare].abs().sum() + got[1][spare].abs().sum())}))
+    return {"rgb": relative(rgb, ref.rgb[:n_rays]), "opacity": relative(opacity, ref.opacity[:n_rays]),
+            "grad_sigma": relative(got[0], want[0]), "grad_colour": relative(got[1], want[1]),
+            "spare_slot_gradients": float(got[0][spare].abs().sum() + got[1][spare].abs().sum())}
 
 
 if __name__ == "__main__":
-    main()
+    check_main(compile_for_hopper, checks)

@@ -5,13 +5,11 @@ same cases run compiled on a GPU (no interpreter)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sys
 
 import torch
-from kernel_check_runner import compile_sm90, device_argument
+from kernel_check_runner import check_main, compile_sm90
 
 from recon3d.fields.encodings import KERNEL_ENV, HashGridEncoding
 
@@ -87,18 +85,14 @@ def compile_for_hopper() -> list[str]:
     return done
 
 
-def main() -> None:
-    if "--compile" in sys.argv:
-        print(json.dumps(compile_for_hopper()))
-        return
-    device = device_argument()
+def checks(device: str) -> list[dict]:
+    """Every case on ``device``."""
     specs = [("dense+hashed F2", 2, 10, None, "float32"), ("all dense F2", 2, 20, None, "float32"),
              ("all hashed F4", 4, 5, None, "float32"), ("coarse-to-fine 2 of 5", 2, 10, 2, "float32"),
              ("F1", 1, 10, None, "float32"), ("fp16 table", 2, 10, None, "float16"),
              ("bf16 table", 2, 10, None, "bfloat16")]
-    cases = [case(*spec, device=device) for spec in specs]
-    print(json.dumps(cases))
+    return [case(*spec, device=device) for spec in specs]
 
 
 if __name__ == "__main__":
-    main()
+    check_main(compile_for_hopper, checks)

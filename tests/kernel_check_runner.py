@@ -1,6 +1,6 @@
-"""What the ``*_kernel_checks.py`` scripts share: running one in a fresh interpreter (:func:`run_checks`), the
-device it was asked for (:func:`device_argument`) and compiling a kernel for sm_90 without a GPU
-(:func:`compile_sm90`)."""
+"""What the ``*_kernel_checks.py`` scripts share: running one in a fresh interpreter (:func:`run_checks`), their
+entry (:func:`check_main`: the device asked for, or ``--compile``) and compiling a kernel for sm_90 without a
+GPU (:func:`compile_sm90`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def run_checks(script: Path, *args: str, interpret: bool) -> Any:
@@ -28,6 +28,12 @@ def device_argument() -> str:
     device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
     assert device != "cpu" or os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 to run on the CPU"
     return device
+
+
+def check_main(compile_for_hopper: Callable[[], Any], checks: Callable[[str], Any]) -> None:
+    """A check script's entry: with ``--compile`` the JSON of its sm_90 compile report, else of its checks on
+    the ``--device`` asked for."""
+    print(json.dumps(compile_for_hopper() if "--compile" in sys.argv else checks(device_argument())))
 
 
 def compile_sm90(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], num_warps: int = 4) -> Any:

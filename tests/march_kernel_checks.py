@@ -12,12 +12,11 @@ the largest interval difference.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import torch
-from kernel_check_runner import compile_sm90, device_argument
+from kernel_check_runner import check_main, compile_sm90
 
 
 def compile_for_hopper() -> list[str]:
@@ -87,14 +86,6 @@ def compare(device: str) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    if "--compile" in sys.argv:
-        print(json.dumps(compile_for_hopper()))
-        return
-    device = device_argument()
-    print(json.dumps(compare(device)))
-
-
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    main()
+    check_main(compile_for_hopper, compare)

@@ -6,11 +6,8 @@ kernels for sm_90 without a GPU and reports ptxas's register and spill figures."
 
 from __future__ import annotations
 
-import json
-import sys
-
 import torch
-from kernel_check_runner import compile_sm90, device_argument
+from kernel_check_runner import check_main, compile_sm90
 
 from recon3d.fields.mlp import MLP
 
@@ -66,13 +63,10 @@ def compile_for_hopper() -> list[str]:
     return done
 
 
-def main() -> None:
-    if "--compile" in sys.argv:
-        print(json.dumps(compile_for_hopper()))
-        return
-    device = device_argument()
-    print(json.dumps([case(*spec, device=device) for spec in CASES]))
+def checks(device: str) -> list[dict]:
+    """Every case on ``device``."""
+    return [case(*spec, device=device) for spec in CASES]
 
 
 if __name__ == "__main__":
-    main()
+    check_main(compile_for_hopper, checks)

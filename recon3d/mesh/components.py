@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recon3d.points.spanning import jump_to_roots
+
 
 def vertex_components(n_vertices: int, faces: np.ndarray) -> tuple[int, np.ndarray]:
     """(number of components, component of each vertex (V,) int64) of the graph whose edges are the faces'
@@ -26,10 +28,6 @@ def vertex_components(n_vertices: int, faces: np.ndarray) -> tuple[int, np.ndarr
             break
         u, v, pu, pv = u[joined], v[joined], pu[joined], pv[joined]
         parent.scatter_reduce_(0, torch.maximum(pu, pv), torch.minimum(pu, pv), "amin")
-        while True:  # pointer jumping: every vertex to its tree's root
-            grand = parent[parent]
-            if torch.equal(grand, parent):
-                break
-            parent = grand
+        parent, _ = jump_to_roots(parent)
     roots, labels = torch.unique(parent, return_inverse=True)
     return int(roots.numel()), labels.numpy()

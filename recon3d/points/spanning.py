@@ -53,12 +53,20 @@ def spanning_forest_signs(n: int, u: torch.Tensor, v: torch.Tensor, weight: torc
         mutual = (parent[parent[hooked]] == hooked) & (hooked < parent[hooked])
         parent[hooked[mutual]] = hooked[mutual]
         link[hooked[mutual]] = False
-        while True:  # pointer jumping: parity to the parent composes into parity to the root
-            grand = parent[parent]
-            if torch.equal(grand, parent):
-                break
-            link = link ^ link[parent]
-            parent = grand
+        parent, link = jump_to_roots(parent, link)
         parity = parity ^ link[root]
         root = parent[root]
     return root, parity
+
+
+def jump_to_roots(parent: torch.Tensor, link: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pointer jumping: ``parent`` (n,) int64 of a forest (roots point at themselves) → each node's root, in
+    about log₂(depth) passes; ``link`` (n,) bool, the parity of each node to its parent, composes into its
+    parity to the root on the way (None: no parities)."""
+    while True:
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            return parent, link
+        if link is not None:
+            link = link ^ link[parent]
+        parent = grand
