@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hashgrid_kernels import timed as cuda_seconds  # noqa: E402  (this folder is on sys.path as a script)
+
 from recon3d.fields.mlp import MLP  # noqa: E402
 from recon3d.fields.mlp_triton import KERNEL_ENV  # noqa: E402
 
@@ -30,18 +31,9 @@ def run(mlp: MLP, x: torch.Tensor, gy: torch.Tensor) -> list[torch.Tensor]:
     return [y.detach(), *grads]
 
 
-def timed(fn, repeats: int) -> float:  # median milliseconds of fn() on the GPU
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def timed(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` on the GPU (CUDA events; hashgrid_kernels.py's timer)."""
+    return 1e3 * cuda_seconds(fn, repeats)
 
 
 def sweep(rows: int, repeats: int) -> None:
