@@ -1,6 +1,6 @@
 """The ``recon3d`` console entry: checks the one thing it can without importing torch (an input path
 right after a command that reads one), so a typo fails at once; starts the GPU's context on a thread while
-torch imports, and Triton's cache key on another once torch is in (commands that train or render); runs
+torch imports, then cuBLAS on another, and Triton's cache key on a third (commands that train or render); runs
 the CLI; ends the process without the interpreter's teardown (recon3d.process)."""
 
 from __future__ import annotations
@@ -33,15 +33,17 @@ def main() -> None:
     if message is not None:
         print(message, file=sys.stderr)
         raise SystemExit(1)
-    from recon3d.process import KERNEL_COMMANDS, end_process, warm_gpu
+    from recon3d.process import KERNEL_COMMANDS, end_process, gpu_ordinal, warm_gpu
 
     gpu = warm_gpu(sys.argv[1:])
     from recon3d.cli import main as cli_main  # imports torch
 
-    if gpu is not None and sys.argv[1] in KERNEL_COMMANDS:
-        from recon3d.device import start_kernel_key
+    if gpu is not None:
+        from recon3d.device import start_blas_warmup, start_kernel_key
 
-        start_kernel_key()
+        start_blas_warmup(gpu_ordinal(sys.argv[1:]) or 0)
+        if sys.argv[1] in KERNEL_COMMANDS:
+            start_kernel_key()
     try:
         cli_main()
     except SystemExit as exc:

@@ -276,3 +276,35 @@ def test_bad_options_raise(options: dict) -> None:
 def test_bad_bounds_raise() -> None:
     with pytest.raises(Recon3dError):
         extract(sphere, np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]), 16)
+
+
+def test_value_range_leaves_out_nan_and_keeps_infinities() -> None:
+    from recon3d.mesh.grid import Lattice, Sampler
+
+    values = iter([torch.tensor([float("nan")] * 4), torch.tensor([0.5, float("nan"), -2.0, 1.0]),
+                   torch.tensor([float("nan"), float("inf"), 0.25, 0.0])])
+    sampler = Sampler(lambda x: next(values), Lattice.from_bounds(np.array([[0.0] * 3, [1.0] * 3]), 4), 0.25, -1.0,
+                      4, torch.device("cpu"))
+    u = sampler.evaluate(torch.zeros(4, 3))
+    assert sampler.value_range() is None  # only NaN so far
+    assert torch.equal(u, torch.ones(4))  # NaN is outside
+    sampler.evaluate(torch.zeros(4, 3))
+    assert sampler.value_range() == (-2.0, 1.0)
+    u = sampler.evaluate(torch.zeros(4, 3))
+    assert sampler.value_range() == (-2.0, float("inf"))
+    assert u[0] == 1.0 and u[1] == -float("inf") and u[2] > 0 and u[2] < 1e-5  # 0.25 is the level: nudged outside
+
+
+def test_integer_index_helpers() -> None:
+    from recon3d.mesh.grid import Lattice, _Codec, int_divmod
+
+    a = torch.arange(0, 1000, 7)
+    q, r = int_divmod(a, 13)
+    assert torch.equal(q, a // 13) and torch.equal(r, a % 13)
+    codec = _Codec([5, 6, 7])
+    axes = torch.meshgrid(torch.arange(5), torch.arange(6), torch.arange(7), indexing="ij")
+    idx = torch.stack(axes, -1).reshape(-1, 3)
+    assert torch.equal(codec.decode(codec.encode(idx)), idx)
+    lattice = Lattice.from_bounds(np.array([[0.0] * 3, [1.0] * 3]), 4)  # sampled padded indices 1..5
+    real = lattice.is_real(torch.tensor([[0, 3, 3], [1, 1, 1], [5, 5, 5], [6, 1, 1], [3, 3, 6]]))
+    assert real.tolist() == [False, True, True, False, False]

@@ -82,3 +82,18 @@ def test_a_command_ends_quickly_with_its_status_and_output(tmp_path):
                           timeout=120)
     assert done.returncode != 0 and done.stdout == ""
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_blas_warmup_without_a_gpu_ends_quietly(monkeypatch):
+    import threading
+
+    from recon3d.device import start_blas_warmup
+
+    raised = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args))
+    for ordinal in (0, 7):
+        thread = start_blas_warmup(ordinal)
+        assert thread.daemon
+        thread.join(60)
+        assert not thread.is_alive()
+    assert raised == []

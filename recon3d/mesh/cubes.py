@@ -27,6 +27,8 @@ from itertools import product
 import numpy as np
 import torch
 
+from recon3d.mesh.grid import int_divmod
+
 Mesh = tuple[np.ndarray, np.ndarray]
 
 #: Crossings stay at least this far (in cells) from the lattice vertices. The topology is untouched (no
@@ -194,7 +196,7 @@ def _device_tables(device: torch.device) -> dict[str, torch.Tensor]:
     return {
         "table": as_long(table), "counts": as_long(counts), "centres": as_long(centres), "faces": as_long(FACES),
         "start": as_long(EDGE_START), "end": as_long(EDGE_END), "axis": as_long(EDGE_AXIS),
-        "corners": as_long(CORNERS),
+        "corners": as_long(CORNERS), "bits": as_long([1 << face for face in range(6)]),
     }
 
 
@@ -211,12 +213,19 @@ def _decisions(u: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
                  & (inside[..., 0] != inside[..., 1]))
     even, odd = ring[..., 0] * ring[..., 2], ring[..., 1] * ring[..., 3]
     joined = torch.where(inside[..., 0], even >= odd, odd >= even)
-    return ((ambiguous & joined).long() * (2 ** torch.arange(6, device=u.device))).sum(1)
+    return ((ambiguous & joined).long() * t["bits"]).sum(1)
 
 
 def _keys(dims: list[int], points: torch.Tensor) -> torch.Tensor:
     """Integer lattice points (N, 3) -> int64 keys in C order."""
     return (points[:, 0] * dims[1] + points[:, 1]) * dims[2] + points[:, 2]
+
+
+def _cell_position(active: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat cell ids in blocks of ``b³`` cells (block-major, C order) -> (M,) block and (M, 3) cell in the block."""
+    block, local = int_divmod(active, b**3)
+    x, rest = int_divmod(local, b * b)
+    return block, torch.stack((x, *int_divmod(rest, b)), 1)
 
 
 def _active_cells(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,8 +238,8 @@ def _active_cells(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     case = case[:, :-1] + 16 * case[:, 1:]
     case = case.reshape(-1)
     active = torch.nonzero((case != 0) & (case != 255)).squeeze(1)
-    block, local = active // b**3, active % b**3
-    first = block * n**3 + (local // (b * b)) * n * n + ((local // b) % b) * n + local % b
+    block, cell = _cell_position(active, b)
+    first = block * n**3 + cell[:, 0] * (n * n) + cell[:, 1] * n + cell[:, 2]
     offsets = torch.tensor([x * n * n + y * n + z for x, y, z in CORNERS], device=values.device)
     return active, case[active].long(), values.reshape(-1)[first[:, None] + offsets]
 
@@ -252,8 +261,8 @@ def _triangulate_batch(
     slot = torch.arange(len(owner), device=values.device) - (torch.cumsum(counts, 0) - counts)[owner]
     edges = t["table"][row[owner], slot].reshape(-1)  # (3F,) one per triangle corner
     owner = owner.repeat_interleave(3)
-    local = active % b**3
-    lattice = origins[active // b**3] + torch.stack((local // (b * b), (local // b) % b, local % b), 1)
+    block, cell = _cell_position(active, b)
+    lattice = origins[block] + cell
     centre = edges == CENTRE
     keys, first, axis, frac = _crossings(u[owner], lattice[owner], edges.clamp(max=11), dims, t)
     keys[centre] = _keys(dims, lattice[owner[centre]]) * 4 + 3

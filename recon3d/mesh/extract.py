@@ -326,8 +326,7 @@ def _field_normals(sampler: Sampler, points: np.ndarray, progress: ProgressFn | 
 
     queries, sampler.chunk = map_in_chunks(piece, len(pts), sampler.chunk, sampler.device)
     sampler.queries += sum(queries)
-    unit = torch.nn.functional.normalize(torch.nan_to_num(grads * sampler.sign, nan=0.0), dim=1)
-    return unit.cpu().numpy()
+    return marching.unit_rows(grads.cpu().numpy() * sampler.sign)  # on the host: no GPU kernel to load for it
 
 
 def _central_differences(field_fn: FieldFn, x: torch.Tensor, step: float) -> torch.Tensor:

@@ -170,7 +170,7 @@ def surface_normals(surface: Surface, mesh: TriMesh, bounds: np.ndarray, kind: s
     if not all(done):
         return from_faces
     sign = 1.0 if surface.inside == "below" else -1.0
-    normals = torch.nn.functional.normalize(torch.nan_to_num(grads * sign), dim=1).cpu().numpy()
+    normals = marching.unit_rows(grads.cpu().numpy() * sign)
     outside = ((mesh.vertices < bounds[0]) | (mesh.vertices > bounds[1])).any(axis=1)
     use_faces = outside | ~normals.any(axis=1)
     normals[use_faces] = from_faces[use_faces]

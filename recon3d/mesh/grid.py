@@ -71,10 +71,10 @@ class Lattice:
         origin = (box[0] + box[1]) / 2 - np.asarray(cells, dtype=np.float64) * cell / 2
         return cls(origin, cell, cells)  # type: ignore[arg-type]
 
-    def is_pad(self, idx: torch.Tensor) -> torch.Tensor:
-        """(N, 3) padded indices -> (N,) True where the vertex is padding, not sampled."""
+    def is_real(self, idx: torch.Tensor) -> torch.Tensor:
+        """(N, 3) padded indices -> (N,) True where the vertex is sampled, False where it is padding."""
         upper = torch.tensor([n + 1 for n in self.cells], device=idx.device)
-        return ((idx < 1) | (idx > upper)).any(dim=-1)
+        return ((idx >= 1) & (idx <= upper)).all(dim=-1)
 
     def points(self, idx: torch.Tensor) -> torch.Tensor:
         """(N, 3) padded indices -> float32 field coordinates (one formula, so dense and sparse agree)."""
@@ -86,10 +86,26 @@ class Lattice:
         return self.origin + (idx - 1.0) * self.cell
 
 
+def int_divmod(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a // m, a % m)`` for non-negative integer tensors, from one division. On a GPU every distinct
+    operator's kernel is loaded on its first launch (milliseconds in a fresh process): ``%`` would be one more."""
+    quotient = a // m
+    return quotient, a - quotient * m
+
+
+def signed_offsets(values: torch.Tensor, level: float, sign: float) -> torch.Tensor:
+    """``sign * (f - level)`` as flat float32: canonical values before NaN and zeros are dealt with."""
+    return (values.reshape(-1).to(torch.float32) - level) * sign
+
+
 def canonical(values: torch.Tensor, level: float, sign: float) -> torch.Tensor:
     """``sign * (f - level)``, NaN -> outside, exact zeros nudged outside so no MC vertex sits on a corner."""
-    u = torch.nan_to_num((values.reshape(-1).to(torch.float32) - level) * sign, nan=PAD_VALUE)
-    return u.masked_fill(u == 0, NUDGE * max(1.0, abs(level)))
+    return _canonical(signed_offsets(values, level, sign), level)
+
+
+def _canonical(u: torch.Tensor, level: float) -> torch.Tensor:
+    u = torch.where(torch.isnan(u), PAD_VALUE, u)
+    return torch.where(u == 0, NUDGE * max(1.0, abs(level)), u)
 
 
 @dataclass
@@ -119,9 +135,9 @@ class Sampler:
         out = torch.empty(n, dtype=torch.float32, device=self.device)
 
         def piece(start: int, stop: int) -> None:
-            raw = self.field_fn(points[start:stop])
-            self._track(raw)
-            out[start:stop] = canonical(raw, self.level, self.sign)
+            u = signed_offsets(self.field_fn(points[start:stop]), self.level, self.sign)
+            self._track(u)
+            out[start:stop] = _canonical(u, self.level)
             if self.report is not None and n:
                 self.report(stop / n)
 
@@ -130,27 +146,32 @@ class Sampler:
         self.queries += n
         return out
 
-    def _track(self, raw: torch.Tensor) -> None:
-        """Keep the canonical range of ``raw`` field values (no host sync: the minima stay on the device)."""
-        u = (raw.reshape(-1).to(torch.float32) - self.level) * self.sign
-        u = u[~torch.isnan(u)]
+    def _track(self, u: torch.Tensor) -> None:
+        """Keep the range of canonical values ``u``, NaN left out (no host sync: the ends stay on the device;
+        a chunk of NaN alone gives low = +inf > high = -inf)."""
         if u.numel() == 0:
             return
-        low, high = u.min(), u.max()
+        nan = torch.isnan(u)
+        low = torch.aminmax(torch.where(nan, math.inf, u)).min
+        high = torch.aminmax(torch.where(nan, -math.inf, u)).max
         self.low = low if self.low is None else torch.minimum(self.low, low)
         self.high = high if self.high is None else torch.maximum(self.high, high)
 
     def value_range(self) -> tuple[float, float] | None:
-        """(lowest, highest) field value sampled (not canonical: the field's own), or None before any."""
+        """(lowest, highest) field value sampled (not canonical: the field's own), or None before any
+        value that is not NaN."""
         if self.low is None or self.high is None:
             return None
-        ends = sorted((self.level + self.sign * float(self.low), self.level + self.sign * float(self.high)))
+        low, high = float(self.low), float(self.high)
+        if low > high:
+            return None
+        ends = sorted((self.level + self.sign * low, self.level + self.sign * high))
         return ends[0], ends[1]
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
         """Canonical values at (N, 3) padded indices; padding gets PAD_VALUE without a query."""
         u = torch.full((idx.shape[0],), PAD_VALUE, dtype=torch.float32, device=self.device)
-        real = ~self.lattice.is_pad(idx)
+        real = self.lattice.is_real(idx)
         u[real] = self.evaluate(self.lattice.points(idx[real]))
         return u
 
@@ -166,7 +187,7 @@ class Blocks:
         """Vertex counts per axis of a padded grid that holds every block (bounds for integer keys)."""
         if len(self.origins) == 0:
             return [1, 1, 1]
-        return (self.origins.max(0).values + self.values.shape[1]).tolist()
+        return (torch.aminmax(self.origins, dim=0).max + self.values.shape[1]).tolist()
 
 
 def sample_dense(sampler: Sampler, progress: ProgressFn | None = None, block: int = BLOCK) -> Blocks:
@@ -181,7 +202,8 @@ def sample_dense(sampler: Sampler, progress: ProgressFn | None = None, block: in
     for start in range(0, total, sampler.chunk):
         stop = min(start + sampler.chunk, total)
         lin = torch.arange(start, stop, device=sampler.device)
-        idx = torch.stack((lin // (shape[1] * shape[2]), (lin // shape[2]) % shape[1], lin % shape[2]), 1)
+        x, rest = int_divmod(lin, shape[1] * shape[2])
+        idx = torch.stack((x, *int_divmod(rest, shape[2])), 1)
         flat[start:stop] = sampler.evaluate(sampler.lattice.points(idx + 1))
         _report(progress, "evaluate", stop / total)
     volume = np.full([c + 1 for c in _padded_cells(sampler.lattice, block)], PAD_VALUE, dtype=np.float32)
@@ -295,8 +317,8 @@ class _Codec:
         return (idx[..., 0] * self.dims[1] + idx[..., 1]) * self.dims[2] + idx[..., 2]
 
     def decode(self, key: torch.Tensor) -> torch.Tensor:
-        yz = self.dims[1] * self.dims[2]
-        return torch.stack((key // yz, (key // self.dims[2]) % self.dims[1], key % self.dims[2]), 1)
+        x, rest = int_divmod(key, self.dims[1] * self.dims[2])
+        return torch.stack((x, *int_divmod(rest, self.dims[2])), 1)
 
 
 @dataclass
@@ -307,11 +329,11 @@ class _Store:
     values: torch.Tensor
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(found mask, values where found) for sorted or unsorted query keys."""
+        """(missing mask, values where not missing) for sorted or unsorted query keys."""
         if self.keys.numel() == 0:
-            return torch.zeros_like(keys, dtype=torch.bool), torch.zeros_like(keys, dtype=torch.float32)
+            return torch.ones_like(keys, dtype=torch.bool), torch.zeros_like(keys, dtype=torch.float32)
         pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
-        return self.keys[pos] == keys, self.values[pos]
+        return self.keys[pos] != keys, self.values[pos]
 
     def add(self, keys: torch.Tensor, values: torch.Tensor) -> _Store:
         """Merge sorted ``keys`` not yet stored: linear work, so following a long thin feature stays cheap."""
@@ -328,20 +350,20 @@ class _Store:
 
 def _values(sampler: Sampler, codec: _Codec, store: _Store, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Values at unique ``keys``: from the store where known, else evaluated; also the evaluated mask."""
-    found, values = store.lookup(keys)
-    missing = ~found
+    missing, values = store.lookup(keys)
     values[missing] = sampler.at(codec.decode(keys[missing]))
     return values, missing
 
 
-def _surface(corner_u: torch.Tensor, corner_pad: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """(M, 8) corner values -> (M,) cells that can hold the surface (sign change, or near it)."""
+def _surface(corner_u: torch.Tensor, real: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """(M, 8) corner values and whether each corner is sampled -> (M,) cells that can hold the surface
+    (sign change, or near it)."""
     outside = corner_u > 0
-    straddles = outside.any(1) & ~outside.all(1)
+    straddles = outside.any(1) != outside.all(1)  # some corners outside, not all
     if threshold is None:
         return straddles
-    real = ~corner_pad
-    near = (torch.where(real, corner_u.abs(), torch.zeros_like(corner_u)).amax(1) <= threshold) & real.any(1)
+    farthest = torch.aminmax(torch.where(real, corner_u.abs(), torch.zeros_like(corner_u)), dim=1).max
+    near = (farthest <= threshold) & real.any(1)
     return straddles | near
 
 
@@ -354,10 +376,11 @@ def _coarsest(sampler: Sampler, codec: _Codec, stride: int, threshold: float | N
     u = sampler.at(idx)
     store = _Store(codec.encode(idx), u)  # C-order, so already sorted
     grid_u = u.view(*(s + 1 for s in size))
-    grid_pad = sampler.lattice.is_pad(idx).view(*(s + 1 for s in size))
+    grid_real = sampler.lattice.is_real(idx).view(*(s + 1 for s in size))
     corner_u = torch.stack([grid_u[i : i + size[0], j : j + size[1], k : k + size[2]] for i, j, k in _CORNERS], -1)
-    corner_pad = torch.stack([grid_pad[i : i + size[0], j : j + size[1], k : k + size[2]] for i, j, k in _CORNERS], -1)
-    surface = _surface(corner_u.reshape(-1, 8), corner_pad.reshape(-1, 8), threshold)
+    corner_real = torch.stack([grid_real[i : i + size[0], j : j + size[1], k : k + size[2]] for i, j, k in _CORNERS],
+                              -1)
+    surface = _surface(corner_u.reshape(-1, 8), corner_real.reshape(-1, 8), threshold)
     return torch.nonzero(surface.view(*size)), store
 
 
@@ -369,12 +392,12 @@ def _refine(
     sub = (2 * parents[:, None, :] + _table(_SUB_VERTICES, dev)).reshape(-1, 3)
     keys, inverse = torch.unique(codec.encode(sub * stride), return_inverse=True)
     values, _ = _values(sampler, codec, store, keys)
-    pad = sampler.lattice.is_pad(codec.decode(keys))
+    real = sampler.lattice.is_real(codec.decode(keys))
     child_corners = _table(_CHILD_CORNERS, dev)
     corner_u = values[inverse].view(-1, 27)[:, child_corners].reshape(-1, 8)
-    corner_pad = pad[inverse].view(-1, 27)[:, child_corners].reshape(-1, 8)
+    corner_real = real[inverse].view(-1, 27)[:, child_corners].reshape(-1, 8)
     children = (2 * parents[:, None, :] + _table(_CORNERS, dev)).reshape(-1, 3)
-    return children[_surface(corner_u, corner_pad, threshold)], _Store(keys, values)
+    return children[_surface(corner_u, corner_real, threshold)], _Store(keys, values)
 
 
 def _dilate(cells: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -403,7 +426,7 @@ def _close_blocks(sampler: Sampler, codec: _Codec, store: _Store, seeds: torch.T
         volumes.append(values[inverse].view(-1, block + 1, block + 1, block + 1))
         candidates = _crossed_neighbours(new, volumes[-1], counts)
         done = block_codec.encode(torch.cat(origins) // block)
-        new = candidates[~torch.isin(block_codec.encode(candidates), done)]
+        new = candidates[torch.isin(block_codec.encode(candidates), done, invert=True)]
         if new.shape[0] > 0:  # shared vertices must keep the values already used
             store = store.add(keys[missing], values[missing])
     if not origins:
@@ -418,7 +441,7 @@ def _crossed_neighbours(blocks: torch.Tensor, volumes: torch.Tensor, counts: lis
     for axis in range(3):
         for side, step in ((0, -1), (-1, 1)):
             outside = volumes.select(axis + 1, side).flatten(1) > 0
-            crossed = outside.any(1) & ~outside.all(1)
+            crossed = outside.any(1) != outside.all(1)
             neighbour = blocks[crossed].clone()
             neighbour[:, axis] += step
             found.append(neighbour)

@@ -72,5 +72,12 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     for axis in range(3):
         for k in range(3):
             normals[:, axis] += np.bincount(faces[:, k], weights=weighted[:, axis], minlength=len(verts))
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return np.divide(normals, length, out=np.zeros_like(normals), where=length > 0).astype(np.float32)
+    return unit_rows(normals)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """(N, 3) vectors scaled to unit length (float32), computed in float64; rows that are zero, NaN or
+    overflow become zero."""
+    v = np.nan_to_num(np.asarray(vectors, dtype=np.float64), nan=0.0)
+    length = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.divide(v, length, out=np.zeros_like(v), where=(length > 0) & np.isfinite(length)).astype(np.float32)
