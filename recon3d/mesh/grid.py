@@ -98,12 +98,9 @@ def signed_offsets(values: torch.Tensor, level: float, sign: float) -> torch.Ten
     return (values.reshape(-1).to(torch.float32) - level) * sign
 
 
-def canonical(values: torch.Tensor, level: float, sign: float) -> torch.Tensor:
-    """``sign * (f - level)``, NaN -> outside, exact zeros nudged outside so no MC vertex sits on a corner."""
-    return _canonical(signed_offsets(values, level, sign), level)
-
-
-def _canonical(u: torch.Tensor, level: float) -> torch.Tensor:
+def canonical(u: torch.Tensor, level: float) -> torch.Tensor:
+    """Signed offsets ``u`` (:func:`signed_offsets`) -> canonical values: NaN -> outside, exact zeros nudged
+    outside so no marching-cubes vertex sits on a corner."""
     u = torch.where(torch.isnan(u), PAD_VALUE, u)
     return torch.where(u == 0, NUDGE * max(1.0, abs(level)), u)
 
@@ -137,7 +134,7 @@ class Sampler:
         def piece(start: int, stop: int) -> None:
             u = signed_offsets(self.field_fn(points[start:stop]), self.level, self.sign)
             self._track(u)
-            out[start:stop] = _canonical(u, self.level)
+            out[start:stop] = canonical(u, self.level)
             if self.report is not None and n:
                 self.report(stop / n)
 
