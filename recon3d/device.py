@@ -147,6 +147,9 @@ def _kernel_key() -> None:
     triton_key()
 
 
+_WARMUPS: list[threading.Thread] = []
+
+
 def start_blas_warmup(ordinal: int) -> threading.Thread:
     """Start cuBLAS on GPU ``ordinal`` on a daemon thread, once torch is in. A process's first matrix product
     on a GPU creates cuBLAS's handle and loads its kernels (about 0.1 s on an H100 machine); done here, it
@@ -154,7 +157,15 @@ def start_blas_warmup(ordinal: int) -> threading.Thread:
     the first evaluation. Does nothing where there is no such GPU."""
     thread = threading.Thread(target=_blas_warmup, args=(ordinal,), daemon=True, name="blas-warmup")
     thread.start()
+    _WARMUPS.append(thread)
     return thread
+
+
+def join_warmups() -> None:
+    """Wait for the GPU warm-up threads (:func:`start_blas_warmup`): CUDA graph capture must not run beside
+    another thread's GPU work."""
+    while _WARMUPS:
+        _WARMUPS.pop().join()
 
 
 def _blas_warmup(ordinal: int) -> None:

@@ -16,6 +16,8 @@ from typing import Callable, Hashable
 
 import torch
 
+from recon3d.device import join_warmups
+
 Terms = dict[str, torch.Tensor]
 
 #: Graphs kept at once; each holds its own memory pool, the least recently used is dropped beyond this.
@@ -95,6 +97,7 @@ class CapturedUpdates:
                 forward()["loss"].backward()
         torch.cuda.current_stream().wait_stream(side)
         self.optimizer.zero_grad(set_to_none=True)
+        join_warmups()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             terms = forward()
