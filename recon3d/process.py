@@ -105,6 +105,9 @@ def end_process(code: object) -> NoReturn:
     """End the process with ``SystemExit(code)``'s status, skipping the interpreter's teardown (see the
     module's docstring), unless ``RECON3D_QUICK_EXIT=0``."""
     if os.environ.get(QUICK_EXIT_ENV, "1") == "0":
+        device = sys.modules.get("recon3d.device")
+        if device is not None:  # the teardown must not free CUDA under a warm-up thread still starting cuBLAS
+            device.join_warmups()
         raise SystemExit(code)
     status = exit_status(code)
     main = threading.main_thread()
