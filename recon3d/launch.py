@@ -35,13 +35,14 @@ def main() -> None:
         raise SystemExit(1)
     from recon3d.process import KERNEL_COMMANDS, end_process, gpu_ordinal, warm_gpu
 
-    gpu = warm_gpu(sys.argv[1:])
+    ordinal = gpu_ordinal(sys.argv[1:])
+    context = warm_gpu(ordinal)
     from recon3d.cli import main as cli_main  # imports torch
 
-    if gpu is not None:
+    if ordinal is not None and context is not None:
         from recon3d.device import start_blas_warmup, start_kernel_key
 
-        start_blas_warmup(gpu_ordinal(sys.argv[1:]) or 0)
+        start_blas_warmup(ordinal)
         if sys.argv[1] in KERNEL_COMMANDS:
             start_kernel_key()
     try:

@@ -79,10 +79,9 @@ def _retain_primary_context(ordinal: int) -> None:
     driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), device)  # held until the process ends
 
 
-def warm_gpu(argv: list[str]) -> threading.Thread | None:
-    """Start creating the GPU context a command line will need (see the module's docstring) on a daemon
-    thread; returns it, or None where the command will not use a GPU."""
-    ordinal = gpu_ordinal(argv)
+def warm_gpu(ordinal: int | None) -> threading.Thread | None:
+    """Start creating GPU ``ordinal``'s context (:func:`gpu_ordinal` of the command line; see the module's
+    docstring) on a daemon thread; returns it, or None where there is no GPU to warm."""
     if ordinal is None or not sys.platform.startswith("linux"):
         return None
     thread = threading.Thread(target=_retain_primary_context, args=(ordinal,), daemon=True, name="gpu-context")

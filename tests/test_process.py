@@ -31,8 +31,8 @@ def test_the_gpu_a_command_line_will_use(monkeypatch):
 
 def test_warming_a_gpu_where_there_is_none_does_nothing_harmful(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert warm_gpu(["info", "m.pt"]) is None
-    thread = warm_gpu(["fit-sdf", "scan.ply"])
+    assert warm_gpu(gpu_ordinal(["info", "m.pt"])) is None
+    thread = warm_gpu(gpu_ordinal(["fit-sdf", "scan.ply"]))
     if thread is not None:  # Linux: the thread runs and ends, with a driver or without one
         thread.join(timeout=60)
         assert not thread.is_alive()

@@ -221,16 +221,9 @@ def _keys(dims: list[int], points: torch.Tensor) -> torch.Tensor:
     return (points[:, 0] * dims[1] + points[:, 1]) * dims[2] + points[:, 2]
 
 
-def _cell_position(active: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat cell ids in blocks of ``b³`` cells (block-major, C order) -> (M,) block and (M, 3) cell in the block."""
-    block, local = int_divmod(active, b**3)
-    x, rest = int_divmod(local, b * b)
-    return block, torch.stack((x, *int_divmod(rest, b)), 1)
-
-
-def _active_cells(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cells with both signs in (K, b+1, b+1, b+1) blocks: flat cell ids (block-major, C order), their
-    corner sign cases (bit k: corner k inside) and their (M, 8) corner values."""
+def _active_cells(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cells with both signs in (K, b+1, b+1, b+1) blocks, in block-major C order: their block (M,), their
+    position in it (M, 3), their corner sign cases (bit k: corner k inside) and their (M, 8) corner values."""
     b, n = values.shape[1] - 1, values.shape[1]
     case = (values <= 0).to(torch.uint8)  # corner k = 4x + 2y + z contributes 2^k, one axis at a time
     case = case[..., :-1] + 2 * case[..., 1:]
@@ -238,10 +231,12 @@ def _active_cells(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     case = case[:, :-1] + 16 * case[:, 1:]
     case = case.reshape(-1)
     active = torch.nonzero((case != 0) & (case != 255)).squeeze(1)
-    block, cell = _cell_position(active, b)
+    block, local = int_divmod(active, b**3)
+    first_axis, rest = int_divmod(local, b * b)
+    cell = torch.stack((first_axis, *int_divmod(rest, b)), 1)
     first = block * n**3 + cell[:, 0] * (n * n) + cell[:, 1] * n + cell[:, 2]
     offsets = torch.tensor([x * n * n + y * n + z for x, y, z in CORNERS], device=values.device)
-    return active, case[active].long(), values.reshape(-1)[first[:, None] + offsets]
+    return block, cell, case[active].long(), values.reshape(-1)[first[:, None] + offsets]
 
 
 def _triangulate_batch(
@@ -249,19 +244,17 @@ def _triangulate_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch of blocks -> distinct vertex keys (U,), their float64 positions (U, 3) and the faces
     (F, 3) as indices into them."""
-    b = values.shape[1] - 1
-    active, case, u = _active_cells(values)
-    if active.numel() == 0:
+    block, cell, case, u = _active_cells(values)
+    if block.numel() == 0:
         return (torch.zeros(0, dtype=torch.int64, device=values.device),
                 torch.zeros((0, 3), dtype=torch.float64, device=values.device),
                 torch.zeros((0, 3), dtype=torch.int64, device=values.device))
     row = case * 64 + _decisions(u, t)
     counts = t["counts"][row]
-    owner = torch.repeat_interleave(torch.arange(len(active), device=values.device), counts)
+    owner = torch.repeat_interleave(torch.arange(len(block), device=values.device), counts)
     slot = torch.arange(len(owner), device=values.device) - (torch.cumsum(counts, 0) - counts)[owner]
     edges = t["table"][row[owner], slot].reshape(-1)  # (3F,) one per triangle corner
     owner = owner.repeat_interleave(3)
-    block, cell = _cell_position(active, b)
     lattice = origins[block] + cell
     centre = edges == CENTRE
     keys, first, axis, frac = _crossings(u[owner], lattice[owner], edges.clamp(max=11), dims, t)
